@@ -1,0 +1,1 @@
+"""Baseline tokenizers (taming VQGAN, LlamaGen VQ) behind the vfmtok interface."""

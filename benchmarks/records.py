@@ -1,0 +1,108 @@
+"""Run records: one schema-versioned JSON file per run, long-format rows of results.
+
+``results/runs/<run_id>/record.json``. ``run_id`` hashes the resolved configuration, the package
+version and the data fingerprints, so re-running the same thing rewrites the same record. The git
+commit is stored in the record but is not part of the id (a commit that changes no behaviour would
+otherwise orphan every record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.metric_info import info
+from vfmtok.fileio import atomic_write_json, sha256_json
+
+SCHEMA_VERSION = 1
+RECORD_KEYS = {"schema_version", "run_id", "preset", "config", "code", "env", "seeds", "data", "fid",
+               "tokenizers", "rows", "notes", "artifacts"}
+ROW_KEYS = {"tokenizer", "ar_model", "metric", "setting", "value", "n", "higher_is_better", "reason"}
+
+
+@dataclass
+class Row:
+    """One number (or one documented absence of a number)."""
+
+    tokenizer: str
+    metric: str
+    value: float | None
+    n: int | None = None
+    setting: dict[str, Any] = field(default_factory=dict)
+    ar_model: str | None = None
+    reason: str | None = None  # why value is None
+    higher_is_better: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.higher_is_better = info(self.metric).higher_is_better
+        if self.value is None and not self.reason:
+            raise ValueError(f"row {self.tokenizer}/{self.metric}: a missing value needs a reason")
+        if self.value is not None:
+            self.value = float(self.value)
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software the numbers were measured on."""
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return env
+
+
+def make_run_id(config: dict[str, Any], package_version: str, data: dict[str, Any]) -> str:
+    """Short content hash of what determines a run's numbers."""
+    return sha256_json({"config": config, "version": package_version, "data": data})[:12]
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise ValueError naming the first problem with a record."""
+    missing = RECORD_KEYS - set(record)
+    extra = set(record) - RECORD_KEYS
+    if missing or extra:
+        raise ValueError(f"record keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {record['schema_version']} != {SCHEMA_VERSION}")
+    for i, row in enumerate(record["rows"]):
+        if set(row) != ROW_KEYS:
+            raise ValueError(f"row {i}: keys {sorted(row)} != {sorted(ROW_KEYS)}")
+        info(row["metric"])
+        if row["value"] is None and not row["reason"]:
+            raise ValueError(f"row {i} ({row['metric']}): value is missing without a reason")
+
+
+def build_record(*, run_id: str, preset: str, config: dict, code: dict, seeds: dict, data: dict, fid: dict,
+                 tokenizers: dict, rows: list[Row], notes: dict[str, str], artifacts: dict) -> dict[str, Any]:
+    """Assemble and validate a record."""
+    record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "preset": preset, "config": config,
+              "code": code, "env": environment(), "seeds": seeds, "data": data, "fid": fid,
+              "tokenizers": tokenizers, "rows": [asdict(r) for r in rows], "notes": notes, "artifacts": artifacts}
+    validate(record)
+    return record
+
+
+def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``runs/<run_id>/record.json`` atomically, replacing older records of the same preset."""
+    runs = Path(results_dir) / "runs"
+    for old in runs.glob("*/record.json"):
+        if old.parent.name != record["run_id"] and json.loads(old.read_text()).get("preset") == record["preset"]:
+            old.unlink()
+            if not any(old.parent.iterdir()):
+                old.parent.rmdir()
+    return atomic_write_json(runs / record["run_id"] / "record.json", record)
+
+
+def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """All valid records under ``results_dir/runs``, sorted by (preset, run_id)."""
+    records = []
+    for path in sorted(Path(results_dir).glob("runs/*/record.json")):
+        rec = json.loads(path.read_text())
+        validate(rec)
+        records.append(rec)
+    return sorted(records, key=lambda r: (r["preset"], r["run_id"]))

@@ -1,0 +1,102 @@
+"""Quality gate: run the `smoke` preset and compare its record with ``results/baselines/smoke.json``.
+
+``python -m benchmarks.regress`` exits 1 with a readable diff when any metric is worse than the
+baseline by more than its tolerance; ``--update`` rewrites the baseline from the current run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.metric_info import info
+from vfmtok.fileio import atomic_write_json
+
+BASELINE = Path("results/baselines/smoke.json")
+#: allowed worsening per metric: absolute slack (same units as the metric)
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "psnr": 0.25, "ssim": 0.01, "rfid": 2.0, "codebook_usage": 5.0, "codebook_perplexity": 5.0,
+    "codebook_entropy_bits": 0.25, "probe_top1": 5.0, "gfid": 5.0, "precision": 0.1, "recall": 0.1,
+    "semantic_loss": 0.02, "kid": 5.0, "inception_score": 0.5,
+}
+#: metrics that measure the machine rather than the code are never gated
+UNGATED = {"encode_img_per_s", "decode_img_per_s", "gen_tokens_per_s", "steps_to_target", "ar_train_loss"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One compared number."""
+
+    key: str
+    baseline: float
+    current: float | None
+    tolerance: float
+
+    @property
+    def regressed(self) -> bool:
+        """True when the current value is missing or worse than the baseline beyond the tolerance."""
+        if self.current is None:
+            return True
+        metric = self.key.split(" | ")[1]
+        worse = self.baseline - self.current if info(metric).higher_is_better else self.current - self.baseline
+        return worse > self.tolerance
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """Stable identity of a row: tokenizer | metric | AR model | setting."""
+    setting = json.dumps(row["setting"], sort_keys=True)
+    return f"{row['tokenizer']} | {row['metric']} | {row['ar_model'] or '-'} | {setting}"
+
+
+def baseline_from_record(record: dict[str, Any], tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+    """Baseline file contents from a record: the gated numbers and their tolerances."""
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    rows = {row_key(r): r["value"] for r in record["rows"] if r["value"] is not None and r["metric"] not in UNGATED}
+    return {"preset": record["preset"], "tolerances": {m: tol[m] for m in sorted({k.split(" | ")[1] for k in rows})},
+            "values": dict(sorted(rows.items()))}
+
+
+def compare(baseline: dict[str, Any], record: dict[str, Any]) -> list[Finding]:
+    """Every baseline number against the record's; missing rows count as regressions."""
+    current = {row_key(r): r["value"] for r in record["rows"]}
+    return [Finding(key, value, current.get(key), baseline["tolerances"][key.split(" | ")[1]])
+            for key, value in baseline["values"].items()]
+
+
+def report(findings: list[Finding]) -> str:
+    """Human-readable diff of the regressions (empty when none)."""
+    bad = [f for f in findings if f.regressed]
+    lines = [f"  {f.key}: baseline {f.baseline:.4f} -> {'missing' if f.current is None else f'{f.current:.4f}'}"
+             f" (tolerance {f.tolerance:g})" for f in bad]
+    return ("REGRESSION in %d of %d metrics:\n" % (len(bad), len(findings)) + "\n".join(lines)) if bad else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run smoke, compare, print; return the exit status."""
+    from benchmarks.run import run_benchmark
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    parser.add_argument("--baseline", type=Path, default=BASELINE)
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for the smoke preset")
+    args = parser.parse_args(argv)
+    record = run_benchmark(["preset=smoke", *args.overrides], write_results=False)
+    if args.update:
+        atomic_write_json(args.baseline, baseline_from_record(record))
+        print(f"baseline written: {args.baseline}")
+        return 0
+    if not args.baseline.is_file():
+        print(f"no baseline at {args.baseline}: run `python -m benchmarks.regress --update` first", file=sys.stderr)
+        return 2
+    findings = compare(json.loads(args.baseline.read_text()), record)
+    text = report(findings)
+    print(text or f"no regression: {len(findings)} metrics within tolerance of {args.baseline}")
+    return 1 if text else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

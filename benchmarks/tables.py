@@ -1,0 +1,190 @@
+"""Comparison tables as a pure function of the run records.
+
+``python -m benchmarks.tables [results_dir]`` rewrites ``results/tables/*.{md,csv,tex}`` from
+``results/runs/*/record.json``. No timestamps, sorted rows, fixed decimals: regenerating from the
+same records is byte-identical.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from benchmarks.metric_info import info
+from benchmarks.records import load_records
+from vfmtok.fileio import atomic_write_text
+
+Setting = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: a metric, optionally restricted to rows whose setting matches."""
+
+    metric: str
+    label: str = ""  # suffix shown after the metric header, e.g. "cfg=1"
+    when: Setting | None = None
+
+    def header(self) -> str:
+        """Header text with arrow and unit."""
+        head = info(self.metric).header()
+        return f"{head} [{self.label}]" if self.label else head
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One comparison table."""
+
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    by_ar_model: bool = False
+
+
+def _cfg(scale: float) -> Setting:
+    return lambda s: s.get("cfg_scale") == scale
+
+
+def _best_cfg(rows: list[dict]) -> float | None:
+    """The guided cfg scale (> 1) with the lowest gFID among ``rows`` of one tokenizer."""
+    guided = [r for r in rows if r["metric"] == "gfid" and r["value"] is not None
+              and r["setting"].get("cfg_scale", 1.0) > 1.0 and "ar_step" not in r["setting"]]
+    return min(guided, key=lambda r: (r["value"], r["setting"]["cfg_scale"]))["setting"]["cfg_scale"] if guided else None
+
+
+def _plain(s: dict) -> bool:
+    return "ar_step" not in s
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("reconstruction", "Reconstruction", (
+        Column("psnr"), Column("ssim"), Column("lpips"), Column("rfid"),
+        Column("codebook_usage"), Column("semantic_loss"))),
+    TableSpec("codebook", "Codebook utilization", (
+        Column("codebook_usage"), Column("codebook_perplexity"), Column("codebook_entropy_bits"))),
+    TableSpec("probing", "Linear probing", (
+        Column("probe_top1", "pre-quant latents", lambda s: s.get("features") == "pre_quant"),
+        Column("probe_top1", "quantized codes", lambda s: s.get("features") == "codes"))),
+    TableSpec("generation", "Class-conditional generation", (
+        Column("gfid", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
+        Column("inception_score", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
+        Column("precision", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
+        Column("recall", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
+        Column("gfid", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
+        Column("inception_score", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
+        Column("precision", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
+        Column("recall", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False))), by_ar_model=True),
+    TableSpec("throughput", "Throughput", (
+        Column("encode_img_per_s"), Column("decode_img_per_s"),
+        Column("gen_tokens_per_s", "KV cache", lambda s: s.get("kv_cache") is True),
+        Column("gen_tokens_per_s", "no cache", lambda s: s.get("kv_cache") is False)), by_ar_model=True),
+    TableSpec("convergence", "AR convergence", (
+        Column("steps_to_target"),), by_ar_model=True),
+)
+
+
+def _mark_best_cfg(rows: list[dict]) -> list[dict]:
+    """Copy rows, flagging the generation rows at each (tokenizer, AR model)'s best guided cfg scale."""
+    out = [dict(r, setting=dict(r["setting"])) for r in rows]
+    groups: dict[tuple, list[dict]] = {}
+    for r in out:
+        groups.setdefault((r["tokenizer"], r["ar_model"]), []).append(r)
+    for group in groups.values():
+        best = _best_cfg(group)
+        for r in group:
+            if best is not None and r["setting"].get("cfg_scale") == best and _plain(r["setting"]):
+                r["setting"]["best_cfg"] = True
+    return out
+
+
+class _Footnotes:
+    """Numbered footnotes, deduplicated, in order of first use."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+
+def _cell(rows: list[dict], col: Column, notes: _Footnotes) -> tuple[str, float | None]:
+    match = [r for r in rows if r["metric"] == col.metric and (col.when is None or col.when(r["setting"]))]
+    if not match:
+        return "—", None
+    r = match[0]
+    if r["value"] is None:
+        return f"n/a {notes.mark(r['reason'])}", None
+    text = f"{r['value']:.{info(col.metric).decimals}f}"
+    if col.metric == "gfid" and r["setting"].get("best_cfg"):
+        text += f" (cfg {r['setting']['cfg_scale']:g})"
+    return text, r["value"]
+
+
+def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(display frame, numeric frame, footnotes) of one table over all records."""
+    notes = _Footnotes()
+    display, numeric = [], []
+    for rec in records:
+        rows = _mark_best_cfg(rec["rows"])
+        keys = sorted({(r["tokenizer"], (r["ar_model"] or "") if spec.by_ar_model else "") for r in rows})
+        for tok, ar in keys:
+            mine = [r for r in rows if r["tokenizer"] == tok and (not spec.by_ar_model or (r["ar_model"] or "") == ar)]
+            cells = [_cell(mine, c, notes) for c in spec.columns]
+            if all(v == "—" for v, _ in cells):
+                continue
+            counts = sorted({r["n"] for r in mine if r["n"] and any(r["metric"] == c.metric for c in spec.columns)})
+            tspec = rec["tokenizers"].get(tok, {})
+            ident = {"preset": rec["preset"], "tokenizer": tok}
+            if spec.by_ar_model:
+                ident["AR model"] = ar or "—"
+            ident["tokens"] = str(tspec.get("num_tokens", "—"))
+            ident["n"] = "/".join(map(str, counts)) or "—"
+            display.append({**ident, **{c.header(): v for c, (v, _) in zip(spec.columns, cells)}, "run": rec["run_id"]})
+            numeric.append({**ident, **{c.header(): x for c, (_, x) in zip(spec.columns, cells)}, "run": rec["run_id"]})
+        for text in _record_notes(rec):
+            notes.mark(text)
+    return pd.DataFrame(display), pd.DataFrame(numeric), notes.texts
+
+
+def _record_notes(rec: dict) -> list[str]:
+    """Protocol footnotes every table of a record carries."""
+    texts = [f"{rec['preset']}: {v}" for _, v in sorted(rec["notes"].items())]
+    fid = rec.get("fid") or {}
+    if fid.get("backend"):
+        texts.append(f"{rec['preset']}: FID backend {fid['backend']}, Inception weights sha256 "
+                     f"{str(fid.get('weights_sha256', ''))[:12]}…; n = images per number.")
+    return texts
+
+
+def render(results_dir: str | Path = "results") -> list[Path]:
+    """Rewrite every table under ``results_dir/tables``; return the paths written."""
+    results_dir = Path(results_dir)
+    records = load_records(results_dir)
+    written = []
+    for spec in TABLES:
+        display, numeric, notes = build_table(spec, records)
+        if display.empty:
+            continue
+        md = f"# {spec.title}\n\n" + tabulate(display, headers="keys", tablefmt="github", showindex=False,
+                                               disable_numparse=True) + "\n"
+        if notes:
+            md += "\n" + "\n".join(f"[{i}] {t}  " for i, t in enumerate(notes, 1)).rstrip() + "\n"
+        tex = tabulate(display, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
+        out = results_dir / "tables"
+        written += [atomic_write_text(out / f"{spec.name}.md", md),
+                    atomic_write_text(out / f"{spec.name}.csv", numeric.to_csv(index=False, lineterminator="\n")),
+                    atomic_write_text(out / f"{spec.name}.tex", tex + "\n")]
+    return written
+
+
+if __name__ == "__main__":
+    for p in render(sys.argv[1] if len(sys.argv) > 1 else "results"):
+        print(p)

@@ -1,0 +1,73 @@
+"""Records validate, tables are a pure byte-stable function of them, and the regression gate can fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.records import Row, build_record, load_records, validate, write_record
+from benchmarks.regress import baseline_from_record, compare, report
+from benchmarks.tables import render
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tables"
+
+
+def _record(psnr_a: float = 24.5, gfid_guided: float = 40.0) -> dict:
+    rows = [
+        Row("tok_a", "psnr", psnr_a, n=100), Row("tok_a", "ssim", 0.81234, n=100),
+        Row("tok_a", "lpips", None, reason="LPIPS backbone weights unavailable offline"),
+        Row("tok_a", "codebook_usage", 87.5, n=100), Row("tok_b", "psnr", 22.25, n=100),
+        Row("tok_b", "lpips", None, reason="LPIPS backbone weights unavailable offline"),
+        Row("tok_a", "gfid", 55.0, n=50, ar_model="gpt", setting={"cfg_scale": 1.0}),
+        Row("tok_a", "gfid", gfid_guided, n=50, ar_model="gpt", setting={"cfg_scale": 2.0}),
+        Row("tok_a", "gfid", 45.0, n=50, ar_model="gpt", setting={"cfg_scale": 1.5}),
+        Row("tok_a", "inception_score", None, n=50, ar_model="gpt", setting={"cfg_scale": 1.0},
+            reason="Inception logits weights unavailable offline"),
+    ]
+    return build_record(run_id="abc123", preset="unit", config={"x": 1}, code={"version": "0"}, seeds={"seed": 0},
+                        data={"fingerprint": "f"}, fid={"backend": "torch-fidelity", "weights_sha256": "7ff4a85c3a63"},
+                        tokenizers={"tok_a": {"num_tokens": 64}, "tok_b": {"num_tokens": 16}}, rows=rows,
+                        notes={"data": "CIFAR-10 JPEG copy"}, artifacts={})
+
+
+def test_missing_value_needs_reason() -> None:
+    with pytest.raises(ValueError, match="needs a reason"):
+        Row("t", "psnr", None)
+    with pytest.raises(KeyError, match="unknown metric"):
+        Row("t", "psnr_typo", 1.0)
+
+
+def test_validate_rejects_unknown_keys() -> None:
+    rec = _record()
+    validate(rec)
+    with pytest.raises(ValueError, match="unexpected"):
+        validate({**rec, "surprise": 1})
+
+
+def test_tables_match_golden_and_are_byte_stable(tmp_path) -> None:
+    write_record(tmp_path, _record())
+    assert [r["run_id"] for r in load_records(tmp_path)] == ["abc123"]
+    first = {p.name: p.read_bytes() for p in render(tmp_path)}
+    second = {p.name: p.read_bytes() for p in render(tmp_path)}
+    assert first == second
+    for name in ("reconstruction.md", "generation.md"):
+        assert first[name].decode() == (GOLDEN / name).read_text(), name
+
+
+def test_best_cfg_is_the_lowest_guided_gfid(tmp_path) -> None:
+    write_record(tmp_path, _record(gfid_guided=40.0))
+    render(tmp_path)
+    text = (tmp_path / "tables" / "generation.md").read_text()
+    assert "40.00 (cfg 2)" in text and "55.00" in text
+
+
+def test_regression_gate_flags_only_worse_values() -> None:
+    base = baseline_from_record(_record())
+    assert not report(compare(base, _record(psnr_a=24.4)))  # within 0.25 dB
+    text = report(compare(base, _record(psnr_a=23.0)))
+    assert "tok_a | psnr" in text and "24.5000 -> 23.0000" in text
+    assert not report(compare(base, _record(psnr_a=30.0)))  # better is fine
+    assert "missing" in report(compare(base, {**_record(), "rows": []}))
+    json.dumps(base)  # serialisable

@@ -1,0 +1,225 @@
+"""The shared tokenizer interface: one base class and its frozen dataclasses.
+
+Every tokenizer (VFMTok, VQGAN, LlamaGen VQ, ...) is a :class:`Tokenizer`. Shapes:
+
+* ``encode(x float[B,3,H,W] in [-1,1]) -> Encoded(indices int64[B,L] | None, latents float[B,L,D], aux)``
+* ``decode(latents float[B,L,D]) -> Decoded(image float[B,3,H,W], aux)``
+* ``decode_indices(indices int64[B,L]) -> Decoded``
+* ``forward(x) -> TokenizerOutput(recon, indices, losses, logs)`` (training path)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vfmtok.images import to_model_range, to_uint8
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a tokenizer is, saved with every checkpoint and results record."""
+
+    name: str
+    image_size: int
+    num_tokens: int
+    latent_dim: int
+    codebook_size: int | None  # None for continuous tokenizers
+    token_grid: tuple[int, int] | None  # (h, w) for grid tokenizers; None for query-ordered tokens
+    encoder: str | None = None  # frozen encoder name, if any
+    trainable_params: int = 0
+    frozen_params: int = 0
+
+    @property
+    def is_discrete(self) -> bool:
+        """True when the tokenizer emits indices into a codebook."""
+        return self.codebook_size is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["token_grid"] = list(self.token_grid) if self.token_grid else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerSpec:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["token_grid"] = tuple(d["token_grid"]) if d.get("token_grid") else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Output of :meth:`Tokenizer.encode`."""
+
+    indices: torch.Tensor | None  # int64 [B, L]; None for continuous tokenizers
+    latents: torch.Tensor  # float [B, L, D]: quantized codes (discrete) or continuous latents
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "pre_quant" float [B, L, D]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Output of :meth:`Tokenizer.decode` / :meth:`Tokenizer.decode_indices`."""
+
+    image: torch.Tensor  # float [B, 3, H, W], nominally [-1, 1] (not clamped)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenizerOutput:
+    """Output of the training path :meth:`Tokenizer.forward`.
+
+    ``losses`` are unweighted scalar terms by name (e.g. ``codebook``, ``commit``, ``semantic``);
+    the trainer multiplies them by configured weights. The pixel/perceptual/GAN losses are the
+    trainer's, computed from ``recon``.
+    """
+
+    recon: torch.Tensor  # float [B, 3, H, W]
+    indices: torch.Tensor | None  # int64 [B, L]
+    losses: dict[str, torch.Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Tokenizer(nn.Module, abc.ABC):
+    """Base class of every image tokenizer.
+
+    Subclasses implement :meth:`encode`, :meth:`decode`, :meth:`codebook`, :meth:`forward` and
+    :meth:`describe`. Frozen sub-modules (a pretrained encoder) are named in ``frozen_modules``:
+    they stay in eval mode, receive no gradient and are excluded from checkpoints.
+    """
+
+    #: attribute names of frozen sub-modules (kept in eval mode, not trained, not saved)
+    frozen_modules: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry_name: str = type(self).__name__.lower()
+        self.init_kwargs: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- to implement
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Architecture facts for the spec: image_size, num_tokens, latent_dim, codebook_size, token_grid, encoder."""
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """float [B,3,H,W] in [-1,1] -> :class:`Encoded`."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor) -> Decoded:
+        """float [B,L,D] -> :class:`Decoded`."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        """Training path: reconstruct ``x`` and return the tokenizer's own loss terms by name."""
+
+    def codebook(self) -> torch.Tensor:
+        """float [K, D]: the codes as the decoder sees them (after l2-normalisation where used)."""
+        raise NotImplementedError(f"{self.registry_name} is continuous: it has no codebook")
+
+    def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
+        """int64 [B, L] -> float [B, L, D] codebook lookup."""
+        self._check_indices(indices)
+        return self.codebook()[indices]
+
+    # ----------------------------------------------------------------- shared behaviour
+    @property
+    def spec(self) -> TokenizerSpec:
+        """The frozen description of this tokenizer."""
+        trainable = sum(p.numel() for _, p in self.trainable_named_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return TokenizerSpec(name=self.registry_name, trainable_params=trainable, frozen_params=total - trainable,
+                             **self.describe())
+
+    def decode_indices(self, indices: torch.Tensor) -> Decoded:
+        """int64 [B, L] -> :class:`Decoded`; equals ``decode(encode(x).latents)`` in eval mode."""
+        return self.decode(self.indices_to_latents(indices))
+
+    def _check_indices(self, indices: torch.Tensor) -> None:
+        spec = self.describe()
+        if spec["codebook_size"] is None:
+            raise TypeError(f"{self.registry_name} is continuous: it has no token indices")
+        if indices.dtype != torch.int64 or indices.dim() != 2 or indices.shape[1] != spec["num_tokens"]:
+            raise ValueError(f"expected int64 indices of shape [B, {spec['num_tokens']}], "
+                             f"got {indices.dtype} {tuple(indices.shape)}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= spec["codebook_size"]):
+            raise ValueError(f"token indices must lie in [0, {spec['codebook_size']}), "
+                             f"got [{int(indices.min())}, {int(indices.max())}]")
+
+    def _frozen(self) -> list[nn.Module]:
+        return [getattr(self, n) for n in self.frozen_modules if getattr(self, n, None) is not None]
+
+    def train(self, mode: bool = True) -> Tokenizer:
+        """Set train mode; frozen sub-modules always stay in eval mode."""
+        super().train(mode)
+        for m in self._frozen():
+            m.eval()
+        return self
+
+    def freeze_frozen_modules(self) -> None:
+        """Mark the frozen sub-modules: no gradient, eval mode. Call at the end of ``__init__``."""
+        for m in self._frozen():
+            m.requires_grad_(False)
+            m.eval()
+
+    def _is_frozen_key(self, key: str) -> bool:
+        return any(key == n or key.startswith(n + ".") for n in self.frozen_modules)
+
+    def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs the optimizer should see: everything outside the frozen modules."""
+        for name, p in self.named_parameters():
+            if not self._is_frozen_key(name):
+                yield name, p
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state to checkpoint: the full state dict minus the frozen modules."""
+        return {k: v for k, v in self.state_dict().items() if not self._is_frozen_key(k)}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a :meth:`trainable_state_dict`; missing or unexpected keys raise with their names."""
+        from vfmtok.checkpoint import load_state_dict_strict
+
+        load_state_dict_strict(self, state, ignore_missing=self._is_frozen_key)
+
+    # ----------------------------------------------------------------- uint8 harness edges
+    @torch.inference_mode()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> int64 [B,L] (eval-mode encode)."""
+        indices = self.encode(self._prepare(images)).indices
+        if indices is None:
+            raise TypeError(f"{self.registry_name} is continuous: it has no token indices")
+        return indices
+
+    @torch.inference_mode()
+    def detokenize(self, indices: torch.Tensor) -> torch.Tensor:
+        """int64 [B,L] -> uint8 [B,3,H,W]."""
+        return to_uint8(self.decode_indices(indices.to(self._device())).image)
+
+    @torch.inference_mode()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> uint8 [B,3,H,W] through encode and decode (discrete or continuous)."""
+        return to_uint8(self.decode(self.encode(self._prepare(images)).latents).image)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.describe()["image_size"]
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
+            raise ValueError(f"{self.registry_name} expects uint8 images [B, 3, {size}, {size}], "
+                             f"got {tuple(images.shape)}")
+        return to_model_range(images.to(self._device()))
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str) -> None:
+        """Write weights (safetensors), spec and constructor kwargs to ``directory``."""
+        from vfmtok.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
