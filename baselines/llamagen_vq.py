@@ -1,0 +1,60 @@
+"""LlamaGen VQ tokenizers (l2-normalised 8-dim codebook), with the official ``vq_ds*_c2i.pt`` loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from baselines.grid_vq import GridVQTokenizer
+from vfmtok.checkpoint import OFFICIAL_LOADERS, load_state_dict_strict, read_checkpoint
+from vfmtok.factory import create_tokenizer, register_tokenizer
+
+#: official configurations (spec: LlamaGen tokenizer_image/vq_model.py factories)
+VQ16 = {"ch_mult": (1, 1, 2, 2, 4)}
+VQ8 = {"ch_mult": (1, 2, 2, 4)}
+OFFICIAL = {"codebook_size": 16384, "embed_dim": 8, "l2_norm": True, "z_channels": 256, "ch": 128,
+            "num_res_blocks": 2, "usage_buffer": 65536}
+
+
+def _make(**kwargs: Any) -> GridVQTokenizer:
+    return GridVQTokenizer(**kwargs)
+
+
+@register_tokenizer("llamagen_vq_f16_k16384")
+def llamagen_vq_f16_k16384(**overrides: Any) -> GridVQTokenizer:
+    """LlamaGen VQ-16: 256 px -> 16x16 tokens, K=16384, D=8 (released as ``vq_ds16_c2i.pt``)."""
+    return _make(**{"image_size": 256, **OFFICIAL, **VQ16, **overrides})
+
+
+@register_tokenizer("llamagen_vq_f8_k16384")
+def llamagen_vq_f8_k16384(**overrides: Any) -> GridVQTokenizer:
+    """LlamaGen VQ-8: 256 px -> 32x32 tokens (released as ``vq_ds8_c2i.pt``)."""
+    return _make(**{"image_size": 256, **OFFICIAL, **VQ8, **overrides})
+
+
+@register_tokenizer("llamagen_vq_f4_k4096_c32")
+def llamagen_vq_f4_k4096_c32(**overrides: Any) -> GridVQTokenizer:
+    """Small CIFAR-10 configuration: 32 px -> 8x8 = 64 tokens, K=4096, D=8, widths 64/128/256."""
+    return _make(**{"image_size": 32, "codebook_size": 4096, "embed_dim": 8, "l2_norm": True, "ch": 64,
+                    "ch_mult": (1, 2, 4), "num_res_blocks": 1, "z_channels": 128, **overrides})
+
+
+@register_tokenizer("test_llamagen_vq")
+def test_llamagen_vq(**overrides: Any) -> GridVQTokenizer:
+    """Tiny variant for tests: 16 px -> 4x4 tokens, K=64."""
+    return _make(**{"image_size": 16, "codebook_size": 64, "embed_dim": 4, "l2_norm": True, "ch": 16,
+                    "ch_mult": (1, 2, 2), "num_res_blocks": 1, "z_channels": 16, "norm_groups": 8, **overrides})
+
+
+def load_llamagen_vq(path: str | Path, name: str | None = None) -> GridVQTokenizer:
+    """Load a released LlamaGen tokenizer (weights under ``model``, or ``ema``); f16 vs f8 from the key layout."""
+    state = read_checkpoint(path, containers=("ema", "model", "state_dict"))
+    if name is None:
+        name = "llamagen_vq_f8_k16384" if "encoder.conv_blocks.4.res.0.conv1.weight" not in state else \
+            "llamagen_vq_f16_k16384"
+    model = create_tokenizer(name)
+    load_state_dict_strict(model, state, tolerated_extra=["quantize.codebook_used"], source=str(path))
+    return model.eval()
+
+
+OFFICIAL_LOADERS.register("llamagen_vq", load_llamagen_vq)

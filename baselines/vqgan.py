@@ -1,0 +1,89 @@
+"""taming-transformers VQGAN (un-normalised 256-dim codebook, legacy beta), with the official ``*.ckpt`` loader."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines.grid_vq import GridVQTokenizer
+from vfmtok.checkpoint import OFFICIAL_LOADERS, load_state_dict_strict, read_checkpoint
+from vfmtok.factory import create_tokenizer, register_tokenizer
+
+#: the ImageNet f16 configuration of the released models (spec: vqgan_imagenet_f16_*.yaml)
+F16 = {"image_size": 256, "embed_dim": 256, "l2_norm": False, "legacy_beta": True, "z_channels": 256, "ch": 128,
+       "ch_mult": (1, 1, 2, 2, 4), "num_res_blocks": 2}
+_MID = {"block_1": "0", "attn_1": "1", "block_2": "2"}
+
+
+@register_tokenizer("vqgan_f16_k1024")
+def vqgan_f16_k1024(**overrides: Any) -> GridVQTokenizer:
+    """taming VQGAN ImageNet f16, K=1024."""
+    return GridVQTokenizer(**{**F16, "codebook_size": 1024, **overrides})
+
+
+@register_tokenizer("vqgan_f16_k16384")
+def vqgan_f16_k16384(**overrides: Any) -> GridVQTokenizer:
+    """taming VQGAN ImageNet f16, K=16384."""
+    return GridVQTokenizer(**{**F16, "codebook_size": 16384, **overrides})
+
+
+@register_tokenizer("vqgan_f4_k1024_c32")
+def vqgan_f4_k1024_c32(**overrides: Any) -> GridVQTokenizer:
+    """Small CIFAR-10 configuration: 32 px -> 8x8 = 64 tokens, K=1024, D=64, widths 64/128/256."""
+    return GridVQTokenizer(**{"image_size": 32, "codebook_size": 1024, "embed_dim": 64, "l2_norm": False,
+                              "legacy_beta": True, "ch": 64, "ch_mult": (1, 2, 4), "num_res_blocks": 1,
+                              "z_channels": 128, **overrides})
+
+
+@register_tokenizer("test_vqgan")
+def test_vqgan(**overrides: Any) -> GridVQTokenizer:
+    """Tiny variant for tests: 16 px -> 4x4 tokens, K=64, D=8."""
+    return GridVQTokenizer(**{"image_size": 16, "codebook_size": 64, "embed_dim": 8, "l2_norm": False,
+                              "legacy_beta": True, "ch": 16, "ch_mult": (1, 2, 2), "num_res_blocks": 1,
+                              "z_channels": 16, "norm_groups": 8, **overrides})
+
+
+def taming_to_ours(key: str, num_levels: int = 5) -> str:
+    """Map a taming state-dict key onto our module names (identity for names that are already equal)."""
+    key = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res.", key)
+    key = re.sub(r"^encoder\.down\.(\d+)\.", r"encoder.conv_blocks.\1.", key)
+    m = re.match(r"^decoder\.up\.(\d+)\.(block|attn|upsample)(.*)$", key)
+    if m:
+        part = "res" if m.group(2) == "block" else m.group(2)
+        key = f"decoder.conv_blocks.{num_levels - 1 - int(m.group(1))}.{part}{m.group(3)}"
+    return re.sub(r"^(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.", lambda g: f"{g[1]}.mid.{_MID[g[2]]}.", key)
+
+
+def ours_to_taming(key: str, num_levels: int = 5) -> str:
+    """Inverse of :func:`taming_to_ours` (used to write checkpoints in the official layout)."""
+    inverse_mid = {v: k for k, v in _MID.items()}
+    key = re.sub(r"^(encoder|decoder)\.mid\.(\d)\.", lambda g: f"{g[1]}.mid.{inverse_mid[g[2]]}.", key)
+    key = re.sub(r"^encoder\.conv_blocks\.(\d+)\.res\.", r"encoder.down.\1.block.", key)
+    key = re.sub(r"^encoder\.conv_blocks\.(\d+)\.", r"encoder.down.\1.", key)
+    m = re.match(r"^decoder\.conv_blocks\.(\d+)\.(res|attn|upsample)(.*)$", key)
+    if m:
+        part = "block" if m.group(2) == "res" else m.group(2)
+        key = f"decoder.up.{num_levels - 1 - int(m.group(1))}.{part}{m.group(3)}"
+    return key
+
+
+def load_vqgan(path: str | Path, name: str | None = None) -> GridVQTokenizer:
+    """Load a released taming VQGAN Lightning checkpoint (``state_dict``; ``loss.*`` dropped)."""
+    raw = read_checkpoint(path, containers=("state_dict",))
+    state: dict[str, torch.Tensor] = {taming_to_ours(k): v for k, v in raw.items() if not k.startswith("loss.")}
+    if name is None:
+        codes = state.get("quantize.embedding.weight")
+        if codes is None:
+            raise KeyError(f"{path}: no 'quantize.embedding.weight' in the checkpoint")
+        name = {1024: "vqgan_f16_k1024", 16384: "vqgan_f16_k16384"}.get(codes.shape[0])
+        if name is None:
+            raise ValueError(f"{path}: codebook of {codes.shape[0]} codes matches no released VQGAN (1024, 16384)")
+    model = create_tokenizer(name)
+    load_state_dict_strict(model, state, source=str(path))
+    return model.eval()
+
+
+OFFICIAL_LOADERS.register("vqgan", load_vqgan)
