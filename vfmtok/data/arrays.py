@@ -1,0 +1,91 @@
+"""In-memory (or memory-mapped) image arrays: the dataset type every loader converts into."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ArrayDataset(Dataset):
+    """Images uint8 [N, 3, H, W] with int64 labels; items are ``(uint8 [3, H, W] tensor, int label)``.
+
+    Args:
+        images: uint8 array [N, 3, H, W] (numpy, possibly memory-mapped, or a tensor).
+        labels: int array [N].
+        classes: class names (``labels`` index into it).
+        source: a short description of where the images came from (for error messages and records).
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | Sequence[int],
+                 classes: Sequence[str], source: str = "array") -> None:
+        images = images.numpy() if isinstance(images, torch.Tensor) else images
+        labels = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{source}: expected uint8 images [N, 3, H, W], got {images.dtype} {images.shape}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"{source}: {images.shape[0]} images but labels of shape {labels.shape}")
+        if len(images) == 0:
+            raise ValueError(f"{source}: the dataset is empty")
+        self.images, self.labels, self.classes, self.source = images, labels, list(classes), source
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])), int(self.labels[i])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images uint8 [N, 3, H, W] and labels int64 [N] as tensors (copied into memory)."""
+        return torch.from_numpy(np.ascontiguousarray(self.images)), torch.from_numpy(self.labels.copy())
+
+    def fingerprint(self) -> str:
+        """sha256 of the pixels, labels and class names: the content key of derived caches."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str((self.images.shape, self.classes)).encode())
+            for start in range(0, len(self), 4096):
+                h.update(np.ascontiguousarray(self.images[start:start + 4096]).tobytes())
+            h.update(self.labels.tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ deterministic subsets
+    def subset(self, indices: Sequence[int] | np.ndarray, tag: str = "subset") -> ArrayDataset:
+        """The images at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"{self.source}: subset indices outside [0, {len(self)})")
+        return ArrayDataset(self.images[idx], self.labels[idx], self.classes, f"{self.source}[{tag}]")
+
+    def head(self, n: int) -> ArrayDataset:
+        """The first ``n`` images."""
+        self._check_n(n)
+        return self.subset(np.arange(n), f":{n}")
+
+    def random_subset(self, n: int, seed: int) -> ArrayDataset:
+        """``n`` images drawn without replacement by a seeded permutation (sorted back into dataset order)."""
+        self._check_n(n)
+        perm = np.random.default_rng(seed).permutation(len(self))[:n]
+        return self.subset(np.sort(perm), f"random{n},seed{seed}")
+
+    def first_per_class(self, n: int) -> ArrayDataset:
+        """The first ``n`` images of every class, in dataset order."""
+        picks = [np.flatnonzero(self.labels == c)[:n] for c in range(len(self.classes))]
+        short = [self.classes[c] for c, p in enumerate(picks) if len(p) < n]
+        if short:
+            raise ValueError(f"{self.source}: fewer than {n} images in class(es) {short}")
+        return self.subset(np.sort(np.concatenate(picks)), f"first{n}perclass")
+
+    def _check_n(self, n: int) -> None:
+        if not 0 < n <= len(self):
+            raise ValueError(f"{self.source}: asked for {n} images, the dataset has {len(self)}")
