@@ -72,7 +72,7 @@ def report(findings: list[Finding]) -> str:
     bad = [f for f in findings if f.regressed]
     lines = [f"  {f.key}: baseline {f.baseline:.4f} -> {'missing' if f.current is None else f'{f.current:.4f}'}"
              f" (tolerance {f.tolerance:g})" for f in bad]
-    return ("REGRESSION in %d of %d metrics:\n" % (len(bad), len(findings)) + "\n".join(lines)) if bad else ""
+    return f"REGRESSION in {len(bad)} of {len(findings)} metrics:\n" + "\n".join(lines) if bad else ""
 
 
 def main(argv: list[str] | None = None) -> int:

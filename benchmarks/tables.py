@@ -55,7 +55,9 @@ def _best_cfg(rows: list[dict]) -> float | None:
     """The guided cfg scale (> 1) with the lowest gFID among ``rows`` of one tokenizer."""
     guided = [r for r in rows if r["metric"] == "gfid" and r["value"] is not None
               and r["setting"].get("cfg_scale", 1.0) > 1.0 and "ar_step" not in r["setting"]]
-    return min(guided, key=lambda r: (r["value"], r["setting"]["cfg_scale"]))["setting"]["cfg_scale"] if guided else None
+    if not guided:
+        return None
+    return min(guided, key=lambda r: (r["value"], r["setting"]["cfg_scale"]))["setting"]["cfg_scale"]
 
 
 def _plain(s: dict) -> bool:

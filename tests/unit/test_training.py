@@ -1,0 +1,139 @@
+"""Training utilities and the tokenizer trainer: EMA, checkpoints, exact resume, finite-loss guard, losses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from vfmtok import create_tokenizer
+from vfmtok.data import synthetic
+from vfmtok.losses import NLayerDiscriminator, generator_loss, hinge_d_loss, pixel_loss
+from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
+from vfmtok.train.common import EMA, CheckpointManager, NonFiniteLossError, ResumableOrder, check_finite, lr_at
+
+
+def test_ema_math() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 1.2))
+    with ema.swapped_into(model):
+        assert torch.allclose(model.weight, torch.full((1, 2), 1.2))
+    assert torch.equal(model.weight, torch.full((1, 2), 3.0))
+
+
+def test_checkpoint_manager_keeps_last_good(tmp_path, monkeypatch) -> None:
+    mgr = CheckpointManager(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        mgr.save(step, {"step": step})
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_00000002.pt", "step_00000003.pt"]
+
+    def broken_save(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        mgr.save(4, {"step": 4})
+    monkeypatch.undo()
+    assert mgr.load_latest()["step"] == 3
+    assert not list(tmp_path.glob("*.tmp"))
+    assert CheckpointManager(tmp_path / "other", is_main=False).save(1, {}) is None
+
+
+def test_resumable_order_and_lr() -> None:
+    order = ResumableOrder(10, seed=3)
+    batches = [order.batch_at(s, 4).tolist() for s in range(6)]  # 2 batches per epoch
+    assert batches == [ResumableOrder(10, seed=3).batch_at(s, 4).tolist() for s in range(6)]
+    assert len(set(batches[0] + batches[1])) == 8 and batches[0] != batches[2]
+    assert lr_at(0, 1.0, warmup_steps=4) == 0.25 and lr_at(10, 1.0, warmup_steps=4) == 1.0
+    assert lr_at(100, 1.0, 0, 100, "cosine") == pytest.approx(0.0)
+    assert lr_at(50, 1.0, 0, 100, "cosine") == pytest.approx(0.5)
+
+
+def test_check_finite_names_the_loss() -> None:
+    check_finite({"a": torch.tensor(1.0)}, step=1)
+    with pytest.raises(NonFiniteLossError, match="'commit' is nan at step 7"):
+        check_finite({"a": 1.0, "commit": torch.tensor(float("nan"))}, step=7)
+
+
+def test_loss_values() -> None:
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
+    assert generator_loss(fake).item() == pytest.approx(1.0)
+    assert generator_loss(torch.zeros(3), "non_saturating").item() == pytest.approx(0.6931, abs=1e-4)
+    a, b = torch.zeros(4), torch.tensor([1.0, -1.0, 2.0, 0.0])
+    assert pixel_loss(a, b, "l1").item() == 1.0 and pixel_loss(a, b, "l2").item() == 1.5
+    assert pixel_loss(a, b, "l2+mse").item() == 3.0
+    with pytest.raises(ValueError, match="pixel loss"):
+        pixel_loss(a, b, "l3")
+    disc = NLayerDiscriminator(n_layers=3)
+    assert sum(p.numel() for p in disc.parameters()) == 2_765_633
+    assert disc(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+    assert sum(p.numel() for p in NLayerDiscriminator(n_layers=2).parameters()) == 663_361
+
+
+CFG = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, disc_start=2, disc_layers=1, ema_decay=0.9,
+                           checkpoint_every=100, log_every=1, flip=True, perceptual_weight=0.0)
+
+
+def _trainer(tmp_path, name: str = "test_vqgan", **changes) -> TokenizerTrainer:
+    torch.manual_seed(0)
+    model = create_tokenizer(name)
+    data = synthetic(16, size=model.spec.image_size, seed=1)
+    return TokenizerTrainer(model, data, dataclasses.replace(CFG, **changes), tmp_path)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path) -> None:
+    straight = _trainer(tmp_path / "a").fit()
+    first = _trainer(tmp_path / "b").fit(stop_after=3)
+    assert first.step == 3 and first.tokenizer_dir is None
+    resumed = _trainer(tmp_path / "b").fit()
+    assert resumed.step == 6 and straight.history == resumed.history
+    assert "disc" in straight.history[-1] and "gan" in straight.history[-1]
+    a = torch.load(sorted((tmp_path / "a/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
+    b = torch.load(sorted((tmp_path / "b/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
+    for part in ("model", "disc"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    for key in a["ema"]["shadow"]:
+        assert torch.equal(a["ema"]["shadow"][key], b["ema"]["shadow"][key]), key
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path) -> None:
+    trainer = _trainer(tmp_path, checkpoint_every=2, steps=6)
+    trainer.fit(stop_after=2)
+    saved = trainer.ckpt.load_latest()["model"]
+    trainer = _trainer(tmp_path, checkpoint_every=2, steps=6)
+    original = trainer.model.forward
+
+    def poisoned(x):
+        out = original(x)
+        return dataclasses.replace(out, losses={**out.losses, "commit": out.losses["commit"] * float("nan")})
+
+    trainer.model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="commit"):
+        trainer.fit()
+    kept = trainer.ckpt.load_latest()
+    assert kept["step"] == 2 and all(torch.equal(kept["model"][k], v) for k, v in saved.items())
+
+
+def test_loss_decreases_and_exports(tmp_path) -> None:
+    result = _trainer(tmp_path, steps=40, disc_start=10**9, lr=3e-3, log_every=1).fit()
+    pixel = [h["pixel"] for h in result.history]
+    assert sum(pixel[-5:]) < 0.6 * sum(pixel[:5])
+    assert (result.tokenizer_dir / "model.safetensors").is_file() and result.perceptual == "off (weight 0)"
+
+
+def test_only_trainable_parameters_are_optimised(tmp_path) -> None:
+    trainer = _trainer(tmp_path, name="test_vfmtok")
+    optimised = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in trainer.model.encoder.parameters())
+    assert len(optimised) == sum(1 for _, p in trainer.model.trainable_named_parameters() if p.requires_grad)

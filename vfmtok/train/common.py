@@ -1,0 +1,201 @@
+"""Training utilities shared by the tokenizer and AR trainers.
+
+Seeding and RNG capture, EMA weights, atomic step checkpoints with exact resume, a finite-loss guard,
+a resumable data order, the LR schedule and bf16 autocast on GPU. Nothing here keeps global state, so
+the trainers can be wrapped by DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vfmtok.fileio import atomic_torch_save, atomic_write_text
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every random generator a training step may touch."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state (parameters and buffers).
+
+    ``ema = decay * ema + (1 - decay) * current`` after each optimizer step; integer buffers are copied.
+    Only the keys of ``state_fn(model)`` are tracked (e.g. a tokenizer's trainable state, excluding a
+    frozen encoder).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, state_fn: Any = None) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
+        self.decay = decay
+        self._state_fn = state_fn or (lambda m: m.state_dict())
+        self.shadow = {k: v.detach().clone() for k, v in self._state_fn(model).items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average."""
+        for key, value in self._state_fn(model).items():
+            avg = self.shadow[key]
+            if avg.is_floating_point():
+                avg.lerp_(value.detach(), 1.0 - self.decay)
+            else:
+                avg.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily load the averaged weights into ``model`` (restored on exit)."""
+        backup = {k: v.detach().clone() for k, v in self._state_fn(model).items()}
+        model.load_state_dict(self.shadow, strict=False)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(backup, strict=False)
+
+
+class CheckpointManager:
+    """Step checkpoints ``step_XXXXXXXX.pt`` in one folder, written atomically, plus a ``latest`` pointer.
+
+    The pointer is updated only after the checkpoint file is complete, and older files are pruned only
+    after that, so an interrupted write never loses the last good checkpoint. Only the main process writes.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2, is_main: bool = True) -> None:
+        self.directory, self.keep, self.is_main = Path(directory), max(keep, 1), is_main
+
+    def save(self, step: int, state: dict[str, Any]) -> Path | None:
+        """Write ``state`` as the checkpoint of ``step`` (no-op off the main process)."""
+        if not self.is_main:
+            return None
+        path = self.directory / f"step_{step:08d}.pt"
+        atomic_torch_save(path, state)
+        atomic_write_text(self.directory / "latest", path.name + "\n")
+        for old in self._files()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.directory.glob("step_*.pt") if re.fullmatch(r"step_\d{8}\.pt", p.name))
+
+    def latest_path(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        pointer = self.directory / "latest"
+        if pointer.is_file():
+            path = self.directory / pointer.read_text().strip()
+            if path.is_file():
+                return path
+        files = self._files()
+        return files[-1] if files else None
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint's state, or None when there is none."""
+        path = self.latest_path()
+        return None if path is None else torch.load(path, map_location=map_location, weights_only=False)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+def check_finite(losses: Mapping[str, torch.Tensor | float], step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first non-finite loss."""
+    for name, value in losses.items():
+        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        if not math.isfinite(v):
+            raise NonFiniteLossError(f"loss {name!r} is {v} at step {step}; stopping (the last checkpoint is kept)")
+
+
+class ResumableOrder:
+    """A deterministic sample order: epoch ``e`` visits a permutation seeded by ``(seed, e)``.
+
+    ``batch_at(step, batch_size)`` returns the indices of the ``step``-th batch (0-based) of the run, so
+    a resumed run continues exactly where the interrupted one stopped. Batches never straddle epochs:
+    each epoch yields ``num_items // batch_size`` full batches.
+    """
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool = True) -> None:
+        if num_items <= 0:
+            raise ValueError("cannot order an empty dataset")
+        self.num_items, self.seed, self.shuffle = num_items, seed, shuffle
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """int64 [N] order of epoch ``epoch``."""
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def batch_at(self, step: int, batch_size: int) -> torch.Tensor:
+        """Indices int64 [batch_size] of global batch number ``step``."""
+        per_epoch = self.num_items // batch_size
+        if per_epoch == 0:
+            raise ValueError(f"batch size {batch_size} exceeds the dataset size {self.num_items}")
+        epoch, pos = divmod(step, per_epoch)
+        return self.permutation(epoch)[pos * batch_size:(pos + 1) * batch_size]
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int = 0, total_steps: int = 0, schedule: str = "constant",
+          min_lr_ratio: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio * base_lr``."""
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule != "cosine":
+        raise ValueError(f"LR schedule must be 'constant' or 'cosine', got {schedule!r}")
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op on CPU (CPU runs stay in float32 and bit-reproducible)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool | None = None) -> tqdm:
+    """A tqdm bar, shown only on a terminal unless ``enabled`` says otherwise."""
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True, leave=False)
