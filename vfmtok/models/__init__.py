@@ -1,0 +1,1 @@
+"""vfmtok.models."""
