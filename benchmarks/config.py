@@ -41,6 +41,8 @@ class TokenizerRunConfig:
     disc_weight: float = 0.5
     pixel_loss: str = "l2"
     overrides: dict[str, Any] = field(default_factory=dict)  # constructor overrides for create_tokenizer
+    official: str = ""  # official-checkpoint family (load_official) instead of training, e.g. "llamagen_vq"
+    checkpoint: str = ""  # path of that official checkpoint
 
 
 @dataclass

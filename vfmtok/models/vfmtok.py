@@ -153,6 +153,15 @@ class VFMTokBase(Tokenizer):
         return TokenizerOutput(recon=recon, indices=indices, losses=losses, logs=logs)
 
 
+    @torch.no_grad()
+    def semantic_eval_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Semantic-branch cosine loss on ``x`` with inference latents (how well tokens keep encoder semantics)."""
+        z, feats = self._region_tokens(x, None)
+        latents, _, _ = self._bottleneck(self.pre_slots_quant(z), exact=True)
+        pred = self.decode_transformer.semantic_features(self._memory(latents))
+        return cosine_feature_loss(pred, feats.semantic_target)
+
+
 class VFMTok(VFMTokBase):
     """Discrete VFMTok: Linear dim -> code_dim, l2-normalised VQ, Linear code_dim -> dim.
 
