@@ -1,0 +1,114 @@
+"""Generation stages: tokens -> class-conditional GPT -> samples scored with and without guidance."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.records import Row
+from vfmtok.interface import Tokenizer
+
+GRID_SAMPLES = 16
+
+
+def _gpt_for(plan: Any, tok: Tokenizer) -> torch.nn.Module:
+    from vfmtok.ar import create_gpt
+
+    spec = tok.spec
+    grid = spec.token_grid or getattr(tok, "query_grid", None)
+    return create_gpt(plan.cfg.ar.model, vocab_size=spec.codebook_size, num_tokens=spec.num_tokens,
+                      num_classes=len(plan.data.train.classes), grid=grid)
+
+
+def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) -> tuple[list[Row], dict[str, Any]]:
+    """Token extraction, AR training (with gFID along the way) and the CFG sweep for one tokenizer."""
+    from vfmtok.ar import load_gpt_checkpoint
+    from vfmtok.data.token_cache import build_token_cache
+
+    cfg, runner, data = plan.cfg, plan.runner, plan.data
+    ar_cfg = dataclasses.asdict(cfg.ar)
+    token_inputs = {**key, "train": data.fingerprints["train"], "flip": cfg.data.flip}
+    token_dir = runner.path("tokens", token_inputs)
+
+    def extract(folder: Path) -> dict[str, Any]:
+        from benchmarks.pipeline import _at_size
+
+        images, labels = _at_size(data.train, tok.spec.image_size).tensors()
+        build_token_cache(tok, images, labels, folder / "cache", key=token_inputs, flip=cfg.data.flip)
+        return {"cache": "cache"}
+
+    runner.run("tokens", token_inputs, extract, name)
+    reference = plan.eval_images(tok)
+    ar_inputs = {"tokens": token_dir.name, "ar": ar_cfg, "seed": cfg.seed, "device": cfg.device,
+                 "reference": data.fingerprints["eval"]}
+
+    def train(folder: Path) -> dict[str, Any]:
+        from vfmtok.ar.evaluate import sample_images
+        from vfmtok.data.token_cache import TokenCache, TokenDataset
+        from vfmtok.metrics.reference import gfid
+        from vfmtok.train.ar_trainer import ARTrainConfig, train_ar
+
+        torch.manual_seed(cfg.seed)
+        model = _gpt_for(plan, tok).to(plan.device)
+        dataset = TokenDataset(TokenCache(token_dir / "cache"), seed=cfg.seed)
+
+        def hook(step: int, gpt: torch.nn.Module) -> dict[str, float]:
+            images, _ = sample_images(gpt, tok, num_samples=cfg.ar.num_samples, num_classes=len(data.train.classes),
+                                      cfg_scale=1.0, seed=cfg.seed, batch_size=64)
+            return {"gfid": gfid(images, reference)["value"]}
+
+        tcfg = ARTrainConfig(steps=cfg.ar.steps, batch_size=cfg.ar.batch_size, lr=cfg.ar.lr,
+                             warmup_steps=cfg.ar.warmup_steps, eval_every=cfg.ar.eval_every, seed=cfg.seed,
+                             device=cfg.device, progress=cfg.progress)
+        result = train_ar(model, dataset, tcfg, folder, eval_hook=hook if cfg.ar.eval_every else None)
+        return {"checkpoint": str(Path(result.checkpoint_path).relative_to(folder)),
+                "curve": [[e["step"], e["gfid"]] for e in result.evals], "final_loss": result.final_loss}
+
+    trained = runner.run("train_ar", ar_inputs, train, name)
+    ar_dir = runner.path("train_ar", ar_inputs)
+    rows = [Row(name, "ar_train_loss", trained["final_loss"], ar_model=cfg.ar.model,
+                setting={"steps": cfg.ar.steps})]
+    rows += [Row(name, "gfid", v, n=cfg.ar.num_samples, ar_model=cfg.ar.model, setting={"cfg_scale": 1.0, "ar_step": s})
+             for s, v in trained["curve"]]
+
+    gen_inputs = {"ar": ar_dir.name, "cfg_scales": list(cfg.ar.cfg_scales), "num_samples": cfg.ar.num_samples,
+                  "reference": data.fingerprints["eval"], "sampling": [cfg.ar.temperature, cfg.ar.top_k, cfg.ar.top_p]}
+
+    def generate(folder: Path) -> dict[str, Any]:
+        from vfmtok.ar.evaluate import sample_images
+        from vfmtok.metrics.reference import gfid, precision_recall_for
+
+        model = _gpt_for(plan, tok).to(plan.device).eval()
+        load_gpt_checkpoint(model, ar_dir / trained["checkpoint"])
+        out_rows, files = [], {}
+        for scale in cfg.ar.cfg_scales:
+            images, labels = sample_images(model, tok, num_samples=cfg.ar.num_samples,
+                                           num_classes=len(data.train.classes), cfg_scale=scale, seed=cfg.seed,
+                                           batch_size=64, temperature=cfg.ar.temperature, top_k=cfg.ar.top_k,
+                                           top_p=cfg.ar.top_p)
+            setting = {"cfg_scale": float(scale)}
+            n = len(images)
+            out_rows.append({"metric": "gfid", "value": gfid(images, reference)["value"], "n": n, "setting": setting})
+            pr = precision_recall_for(images, reference)
+            out_rows += [{"metric": "precision", "value": pr["precision"], "n": n, "setting": setting},
+                         {"metric": "recall", "value": pr["recall"], "n": n, "setting": setting}]
+            is_ = pr.get("inception_score")
+            out_rows.append({"metric": "inception_score", "n": n, "setting": setting,
+                             "value": is_["value"] if is_ else None,
+                             "reason": None if is_ and is_["value"] is not None else
+                             (is_ or {}).get("reason", "Inception logits weights unavailable")})
+            fname = f"samples_cfg{scale:g}.npz"
+            np.savez(folder / fname, arr_0=images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy())
+            files[f"{scale:g}"] = fname
+        return {"rows": out_rows, "files": files}
+
+    generated = runner.run("generate", gen_inputs, generate, name)
+    gen_dir = runner.path("generate", gen_inputs)
+    rows += [Row(name, ar_model=cfg.ar.model, **r) for r in generated["rows"]]
+    artifacts = {"samples_npz": {k: str(gen_dir / v) for k, v in generated["files"].items()},
+                 "convergence": trained["curve"]}
+    return rows, artifacts
