@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vfmtok.interface import Decoded, Encoded, Tokenizer, TokenizerOutput
@@ -25,8 +26,9 @@ class GridVQTokenizer(Tokenizer):
         codebook_size, embed_dim: codebook K x D.
         l2_norm: l2-normalised codes and latents (LlamaGen) or raw (taming).
         legacy_beta: taming's beta placement on the codebook term.
-        ch, ch_mult, num_res_blocks, z_channels, attn_levels: conv encoder/decoder (decoder attention at the
-            mirrored levels: encoder level i <-> decoder level L-1-i).
+        ch, ch_mult, num_res_blocks, z_channels: conv encoder/decoder widths and depth.
+        attn_levels: resolution levels with attention in both encoder and decoder (0 = full resolution; ``None``
+            = the lowest-resolution level only), see :mod:`vfmtok.models.conv`.
         usage_buffer: length of the official ``codebook_used`` buffer (0 = none).
         norm_groups: GroupNorm groups (32 in the released models).
     """
@@ -37,15 +39,14 @@ class GridVQTokenizer(Tokenizer):
                  attn_levels: Sequence[int] | None = None, usage_buffer: int = 0, norm_groups: int = 32,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        n = len(ch_mult)
-        self.down = 2 ** (n - 1)
-        if image_size % self.down:
-            raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {self.down}")
+        self.down = 2 ** (len(ch_mult) - 1)
+        if image_size < self.down or image_size % self.down:
+            raise ValueError(f"image_size {image_size} is not a positive multiple of the downsampling factor "
+                             f"{self.down} (ch_mult {tuple(ch_mult)})")
         self.image_size, self.embed_dim, self.codebook_size = image_size, embed_dim, codebook_size
-        enc_attn = [n - 1] if attn_levels is None else list(attn_levels)
-        self.encoder = ConvEncoder(3, ch, ch_mult, num_res_blocks, z_channels, enc_attn, dropout, norm_groups)
-        self.decoder = ConvDecoder(z_channels, ch, ch_mult, num_res_blocks, 3, [n - 1 - i for i in enc_attn],
-                                   True, dropout, norm_groups)
+        self.encoder = ConvEncoder(3, ch, ch_mult, num_res_blocks, z_channels, attn_levels, dropout, norm_groups)
+        self.decoder = ConvDecoder(z_channels, ch, ch_mult, num_res_blocks, 3, attn_levels, True, dropout,
+                                   norm_groups)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.quantize = VectorQuantizer(codebook_size, embed_dim, l2_norm=l2_norm, beta=beta,
@@ -73,17 +74,18 @@ class GridVQTokenizer(Tokenizer):
         return z.flatten(2).transpose(1, 2)  # [B, g*g, D], raster order
 
     def encode(self, x: torch.Tensor) -> Encoded:
-        """float [B,3,H,W] -> indices [B, g*g], codes [B, g*g, D]."""
-        pre = self._pre_quant(x)
-        q = self.quantize(pre)
-        return Encoded(indices=q.indices, latents=q.quantized, aux={"pre_quant": pre})
+        """float [B,3,H,W] -> indices [B, g*g] (raster order) and their codebook rows [B, g*g, D]."""
+        pre = self._pre_quant(x)  # [B, L, D]
+        z = F.normalize(pre.float(), dim=-1) if self.quantize.l2_norm else pre.float()
+        indices = self.quantize.nearest(z.flatten(0, 1)).view(pre.shape[:2])  # [B, L]; no loss, no usage update
+        return Encoded(indices=indices, latents=self.quantize.lookup(indices), aux={"pre_quant": pre})
 
     def decode(self, latents: torch.Tensor) -> Decoded:
         """float [B, g*g, D] -> image [B, 3, H, W]."""
-        b, n, d = latents.shape
         g = self.grid
-        if n != g * g or d != self.embed_dim:
+        if latents.dim() != 3 or latents.shape[1:] != (g * g, self.embed_dim):
             raise ValueError(f"expected latents [B, {g * g}, {self.embed_dim}], got {tuple(latents.shape)}")
+        b, _, d = latents.shape
         z = latents.transpose(1, 2).reshape(b, d, g, g)  # [B, D, g, g]
         return Decoded(image=self.decoder(self.post_quant_conv(z)))
 

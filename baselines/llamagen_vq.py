@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines.grid_vq import GridVQTokenizer
-from vfmtok.checkpoint import OFFICIAL_LOADERS, load_state_dict_strict, read_checkpoint
+from vfmtok.checkpoint import OFFICIAL_LOADERS, CheckpointKeyError, load_state_dict_strict, read_checkpoint
 from vfmtok.factory import create_tokenizer, register_tokenizer
 
 #: official configurations (spec: LlamaGen tokenizer_image/vq_model.py factories)
@@ -14,6 +14,8 @@ VQ16 = {"ch_mult": (1, 1, 2, 2, 4)}
 VQ8 = {"ch_mult": (1, 2, 2, 4)}
 OFFICIAL = {"codebook_size": 16384, "embed_dim": 8, "l2_norm": True, "z_channels": 256, "ch": 128,
             "num_res_blocks": 2, "usage_buffer": 65536}
+#: the training-time FIFO of recent indices: part of the official state dict, unused at inference
+USAGE_KEY = "quantize.codebook_used"
 
 
 def _make(**kwargs: Any) -> GridVQTokenizer:
@@ -32,8 +34,8 @@ def llamagen_vq_f8_k16384(**overrides: Any) -> GridVQTokenizer:
     return _make(**{"image_size": 256, **OFFICIAL, **VQ8, **overrides})
 
 
-@register_tokenizer("llamagen_vq_f4_k4096_c32")
-def llamagen_vq_f4_k4096_c32(**overrides: Any) -> GridVQTokenizer:
+@register_tokenizer("llamagen_vq_f4_k4096_cifar")
+def llamagen_vq_f4_k4096_cifar(**overrides: Any) -> GridVQTokenizer:
     """Small CIFAR-10 configuration: 32 px -> 8x8 = 64 tokens, K=4096, D=8, widths 64/128/256."""
     return _make(**{"image_size": 32, "codebook_size": 4096, "embed_dim": 8, "l2_norm": True, "ch": 64,
                     "ch_mult": (1, 2, 4), "num_res_blocks": 1, "z_channels": 128, **overrides})
@@ -46,14 +48,26 @@ def test_llamagen_vq(**overrides: Any) -> GridVQTokenizer:
                     "ch_mult": (1, 2, 2), "num_res_blocks": 1, "z_channels": 16, "norm_groups": 8, **overrides})
 
 
-def load_llamagen_vq(path: str | Path, name: str | None = None) -> GridVQTokenizer:
-    """Load a released LlamaGen tokenizer (weights under ``model``, or ``ema``); f16 vs f8 from the key layout."""
-    state = read_checkpoint(path, containers=("ema", "model", "state_dict"))
+def load_llamagen_vq(path: str | Path, name: str | None = None, container: str | None = None,
+                     **overrides: Any) -> GridVQTokenizer:
+    """Load a released LlamaGen tokenizer (``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt``).
+
+    Weights are read from ``container`` if given, else from ``model`` (what LlamaGen's sampling and
+    code-extraction scripts load), then ``ema``, then ``state_dict``. ``name`` defaults to VQ-16 or VQ-8 from the key
+    layout; ``overrides`` (e.g. ``image_size=384``) go to the registry entry. ``quantize.codebook_used`` may be
+    present or absent.
+    """
+    containers = (container,) if container else ("model", "ema", "state_dict")
+    state = read_checkpoint(path, containers=containers)
     if name is None:
-        name = "llamagen_vq_f8_k16384" if "encoder.conv_blocks.4.res.0.conv1.weight" not in state else \
-            "llamagen_vq_f16_k16384"
-    model = create_tokenizer(name)
-    load_state_dict_strict(model, state, tolerated_extra=["quantize.codebook_used"], source=str(path))
+        if "encoder.conv_in.weight" not in state:
+            raise CheckpointKeyError(f"{path}: 'encoder.conv_in.weight' not found; not a LlamaGen VQ state dict "
+                                     f"(first keys: {list(state)[:5]})")
+        name = "llamagen_vq_f16_k16384" if "encoder.conv_blocks.4.res.0.conv1.weight" in state else \
+            "llamagen_vq_f8_k16384"
+    model = create_tokenizer(name, **overrides)
+    load_state_dict_strict(model, state, tolerated_extra=[USAGE_KEY], ignore_missing=lambda k: k == USAGE_KEY,
+                           source=str(path))
     return model.eval()
 
 

@@ -6,10 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from baselines.grid_vq import GridVQTokenizer
-from vfmtok.checkpoint import OFFICIAL_LOADERS, load_state_dict_strict, read_checkpoint
+from vfmtok.checkpoint import OFFICIAL_LOADERS, CheckpointKeyError, load_state_dict_strict, read_checkpoint
 from vfmtok.factory import create_tokenizer, register_tokenizer
 
 #: the ImageNet f16 configuration of the released models (spec: vqgan_imagenet_f16_*.yaml)
@@ -30,8 +28,8 @@ def vqgan_f16_k16384(**overrides: Any) -> GridVQTokenizer:
     return GridVQTokenizer(**{**F16, "codebook_size": 16384, **overrides})
 
 
-@register_tokenizer("vqgan_f4_k1024_c32")
-def vqgan_f4_k1024_c32(**overrides: Any) -> GridVQTokenizer:
+@register_tokenizer("vqgan_f4_k1024_cifar")
+def vqgan_f4_k1024_cifar(**overrides: Any) -> GridVQTokenizer:
     """Small CIFAR-10 configuration: 32 px -> 8x8 = 64 tokens, K=1024, D=64, widths 64/128/256."""
     return GridVQTokenizer(**{"image_size": 32, "codebook_size": 1024, "embed_dim": 64, "l2_norm": False,
                               "legacy_beta": True, "ch": 64, "ch_mult": (1, 2, 4), "num_res_blocks": 1,
@@ -70,19 +68,31 @@ def ours_to_taming(key: str, num_levels: int = 5) -> str:
     return key
 
 
-def load_vqgan(path: str | Path, name: str | None = None) -> GridVQTokenizer:
-    """Load a released taming VQGAN Lightning checkpoint (``state_dict``; ``loss.*`` dropped)."""
+def load_vqgan(path: str | Path, name: str | None = None, **overrides: Any) -> GridVQTokenizer:
+    """Load a released taming VQGAN Lightning checkpoint (weights under ``state_dict``; ``loss.*`` dropped).
+
+    ``name`` defaults to ``vqgan_f16_k1024`` or ``vqgan_f16_k16384`` from the codebook shape; ``overrides`` go
+    to the registry entry.
+    """
     raw = read_checkpoint(path, containers=("state_dict",))
-    state: dict[str, torch.Tensor] = {taming_to_ours(k): v for k, v in raw.items() if not k.startswith("loss.")}
     if name is None:
-        codes = state.get("quantize.embedding.weight")
+        codes = raw.get("quantize.embedding.weight")
         if codes is None:
-            raise KeyError(f"{path}: no 'quantize.embedding.weight' in the checkpoint")
+            raise CheckpointKeyError(f"{path}: no 'quantize.embedding.weight' in the checkpoint; not a taming VQGAN "
+                                     f"state dict (first keys: {list(raw)[:5]})")
         name = {1024: "vqgan_f16_k1024", 16384: "vqgan_f16_k16384"}.get(codes.shape[0])
         if name is None:
-            raise ValueError(f"{path}: codebook of {codes.shape[0]} codes matches no released VQGAN (1024, 16384)")
-    model = create_tokenizer(name)
-    load_state_dict_strict(model, state, source=str(path))
+            raise ValueError(f"{path}: a codebook of {codes.shape[0]} codes matches no released VQGAN (1024, 16384); "
+                             f"pass name= for another configuration")
+    model = create_tokenizer(name, **overrides)
+    levels = len(model.decoder.conv_blocks)
+    state = {taming_to_ours(k, levels): v for k, v in raw.items() if not k.startswith("loss.")}
+    try:
+        load_state_dict_strict(model, state, source=str(path))
+    except CheckpointKeyError as err:
+        missing = [ours_to_taming(k, levels) for k in model.state_dict() if k not in state]
+        hint = f"\n  missing, in taming names: {', '.join(missing[:20])}" if missing else ""
+        raise CheckpointKeyError(f"{err}{hint}\n  (key names above are after the taming -> vfmtok remap)") from None
     return model.eval()
 
 

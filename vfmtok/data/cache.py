@@ -1,7 +1,12 @@
 """Decoded-array cache: decode an image source once, then memory-map it.
 
-The key hashes the source's content (a file's sha256, or a folder's names, sizes and modification times)
-and the resize policy, so a changed source is decoded again and an unchanged one loads in seconds.
+An entry is a folder under ``work_cache_dir("arrays")`` (``$VFMTOK_WORK_CACHE/arrays``, else
+``~/.cache/vfmtok/arrays``) holding ``images.npy`` (uint8 [N, 3, H, W]), ``labels.npy`` (int64 [N]) and
+``meta.json`` (classes, file names, the key's inputs). Its name hashes the source's content identity -- an
+archive's sha256 (itself remembered per (path, size, mtime) so an unchanged archive is not re-hashed), or a
+folder's relative names, sizes and modification times -- together with the reader and the resize policy.
+So a changed source is decoded again and an unchanged one loads in seconds. Every file is written atomically
+and ``meta.json`` last, so an interrupted build leaves no entry that looks complete.
 """
 
 from __future__ import annotations
@@ -20,32 +25,59 @@ from vfmtok.fileio import atomic_write, atomic_write_json, sha256_file, sha256_j
 CACHE_VERSION = 1
 
 
-def source_identity(path: str | Path) -> dict[str, Any]:
-    """Content identity of a file (sha256) or folder (relative names, sizes, mtimes)."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered in the cache per (absolute path, size, mtime)."""
     path = Path(path).resolve()
+    st = path.stat()
+    memo = work_cache_dir("arrays") / "sha256" / f"{sha256_json([str(path), st.st_size, st.st_mtime_ns])[:32]}.json"
+    if memo.is_file():
+        try:
+            return json.loads(memo.read_text())["sha256"]
+        except (ValueError, KeyError):
+            pass  # unreadable memo: hash again and rewrite it
+    digest = sha256_file(path)
+    atomic_write_json(memo, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
+    return digest
+
+
+def source_identity(path: str | Path) -> dict[str, Any]:
+    """Content identity of a file (sha256) or folder (relative names, sizes, mtimes of every file)."""
+    path = Path(path)
     if path.is_file():
-        return {"file": path.name, "sha256": sha256_file(path)}
+        return {"file": path.name, "sha256": file_sha256(path)}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        listing = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        return {"folder": path.name, "listing_sha256": sha256_json(listing)}
+        listing = [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        return {"folder": path.resolve().name, "listing_sha256": sha256_json(listing)}
     raise FileNotFoundError(f"image source not found: {path}")
 
 
+def cache_entry(identity: dict[str, Any]) -> Path:
+    """The cache folder of ``identity`` (which need not exist yet)."""
+    return work_cache_dir("arrays") / sha256_json({"v": CACHE_VERSION, **identity})[:32]
+
+
 def cached_arrays(identity: dict[str, Any], build: Callable[[], ArrayDataset]) -> ArrayDataset:
-    """Return the cached arrays for ``identity``, calling ``build()`` and caching its result when absent."""
-    folder = work_cache_dir("arrays") / sha256_json({"v": CACHE_VERSION, **identity})[:24]
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        images = np.load(folder / "images.npy", mmap_mode="r")
-        return ArrayDataset(images, np.load(folder / "labels.npy"), meta["classes"], meta["source"])
+    """The cached arrays of ``identity`` (memory-mapped); on a miss call ``build()`` and cache its result."""
+    folder = cache_entry(identity)
+    if (folder / "meta.json").is_file():
+        try:
+            return _load(folder)
+        except (OSError, ValueError, KeyError):
+            pass  # damaged entry: rebuild it below
     ds = build()
     atomic_write(folder / "images.npy", lambda p: _save_npy(p, np.ascontiguousarray(ds.images)))
     atomic_write(folder / "labels.npy", lambda p: _save_npy(p, ds.labels))
-    atomic_write_json(meta_path, {"classes": ds.classes, "source": ds.source, "identity": identity,
-                                  "shape": list(ds.images.shape)})  # written last: marks the entry complete
-    return ds
+    atomic_write_json(folder / "meta.json", {"classes": ds.classes, "source": ds.source, "identity": identity,
+                                             "shape": list(ds.images.shape), "names": ds.names})
+    return _load(folder)  # serve the memory-mapped copy, exactly as a later load would
+
+
+def _load(folder: Path) -> ArrayDataset:
+    meta = json.loads((folder / "meta.json").read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy")
+    return ArrayDataset(images, labels, meta["classes"], meta["source"], meta.get("names"))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

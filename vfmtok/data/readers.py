@@ -1,26 +1,33 @@
 """Readers for image folders, tar archives, ADM npz batches, loose images and torchvision's CIFAR-10.
 
-Every reader returns images as uint8 [3, H, W] through :func:`vfmtok.images.pil_to_uint8` (grayscale is
-replicated, alpha is composited onto white) and applies one resize policy: ``size=None`` keeps images as they
-are (they must then share one size to be stacked), ``size=S`` applies ADM's centre crop to S x S to any
-image that is not already S x S.
+Policies, shared by every reader:
+
+* **conversion** -- :func:`vfmtok.images.pil_to_uint8`: grayscale is replicated to three channels, palette
+  images are expanded, an alpha channel is composited onto white;
+* **resize** -- ``size=None`` keeps images as they are (to be stacked they must then share one size, otherwise
+  a ValueError names the first odd file); ``size=S`` sends every image that is not already S x S through ADM's
+  :func:`vfmtok.images.center_crop_arr` (after the conversion above);
+* **bad files** -- every non-hidden file of a folder or archive must be an image: a corrupt or non-image file
+  raises :class:`ImageReadError` naming it (nothing is skipped silently). Names starting with ``.`` are ignored.
+* **order** -- classes are the sorted class-folder names; files are sorted by name within a class.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from vfmtok.data.arrays import ArrayDataset
-from vfmtok.images import center_crop_arr, pil_to_uint8
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+from vfmtok.fileio import sha256_file
+from vfmtok.images import center_crop_arr, pil_to_uint8, resize_uint8
 
 
 class ImageReadError(ValueError):
@@ -28,128 +35,153 @@ class ImageReadError(ValueError):
 
 
 def decode_image(data: bytes | Path, name: str, size: int | None = None) -> torch.Tensor:
-    """Decode one image file (path or bytes) to uint8 [3, H, W], applying the resize policy."""
+    """Decode one image file (path or bytes) to uint8 [3, H, W], applying the conversion and resize policies."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             img.load()
-            if size is not None and img.size != (size, size):
-                img = center_crop_arr(img.convert("RGB") if img.mode not in ("RGB", "RGBA", "L") else img, size)
-            return pil_to_uint8(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            out = pil_to_uint8(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"cannot decode image {name}: {e}") from e
+    if size is not None and tuple(out.shape[1:]) != (size, size):
+        out = pil_to_uint8(center_crop_arr(Image.fromarray(out.permute(1, 2, 0).numpy()), size))
+    return out
 
 
-def _stack(images: list[torch.Tensor], names: list[str], source: str) -> np.ndarray:
-    shapes = {tuple(im.shape) for im in images}
-    if len(shapes) > 1:
-        first = tuple(images[0].shape)
-        odd = next(n for im, n in zip(images, names) if tuple(im.shape) != first)
-        raise ValueError(f"{source}: images differ in size ({names[0]} is {first[1:]}, {odd} is not); "
-                         "pass size=... to centre-crop them to one size")
-    return torch.stack(images).numpy()
+def stack_images(items: Iterable[tuple[str, bytes | Path]], count: int, size: int | None, source: str) -> np.ndarray:
+    """Decode ``count`` (name, data) pairs into one uint8 [N, 3, H, W] array; sizes must agree."""
+    out: np.ndarray | None = None
+    first = ""
+    for i, (name, data) in enumerate(items):
+        im = decode_image(data, name, size).numpy()
+        if out is None:
+            out, first = np.empty((count, *im.shape), dtype=np.uint8), name
+        elif im.shape != out.shape[1:]:
+            raise ValueError(f"{source}: images differ in size ({first} is {out.shape[2]}x{out.shape[3]}, {name} is "
+                             f"{im.shape[1]}x{im.shape[2]}); pass size=... to centre-crop them to one size")
+        out[i] = im
+    if out is None:
+        raise ValueError(f"{source}: no images to read")
+    return out
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
-def _folder_entries(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and classes of an ImageFolder tree ``root/<class>/<image>``."""
+    root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class sub-folders (expected an ImageFolder tree root/<class>/<image>)")
-    entries = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())
-               if f.is_file() and not f.name.startswith(".")]
+    entries = [(f, c) for c, name in enumerate(classes) for f in _visible_files(root / name)]
     if not entries:
-        raise ValueError(f"{root}: the class folders hold no files")
-    return entries, classes
+        raise ValueError(f"{root}: the class folders {classes} hold no files")
+    return [f for f, _ in entries], [c for _, c in entries], classes
 
 
-def read_image_folder(root: str | Path, size: int | None = None) -> ArrayDataset:
-    """An ImageFolder tree ``root/<class>/<image>`` (classes and files sorted by name). Non-image files are errors."""
-    root = Path(root)
-    entries, classes = _folder_entries(root)
-    images = [decode_image(f, str(f), size) for f, _ in entries]
-    return ArrayDataset(_stack(images, [str(f) for f, _ in entries], str(root)), [c for _, c in entries], classes,
-                        str(root))
-
-
-def read_loose_images(root: str | Path, size: int | None = None) -> ArrayDataset:
-    """A flat folder of images (e.g. Kodak), sorted by name, all with label 0."""
+def list_loose_images(root: str | Path) -> list[Path]:
+    """The files of a flat image folder (no classes), sorted by name."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(f for f in root.iterdir() if f.is_file() and _is_image(f.name))
+    files = _visible_files(root)
     if not files:
-        raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    images = [decode_image(f, str(f), size) for f in files]
-    return ArrayDataset(_stack(images, [str(f) for f in files], str(root)), [0] * len(files), ["image"], str(root))
+        raise ValueError(f"{root}: the folder holds no image files")
+    return files
 
 
-def _tar_members(tar: tarfile.TarFile) -> Iterator[tuple[str, str, bytes]]:
-    """(class name, member name, bytes) of every regular file two levels below the top folder."""
-    for member in tar:
-        if not member.isfile():
-            continue
-        parts = PurePosixPath(member.name).parts
-        if len(parts) < 2 or parts[-1].startswith("."):
-            continue
-        f = tar.extractfile(member)
-        if f is not None:
-            yield parts[-2], member.name, f.read()
+def read_image_folder(root: str | Path, size: int | None = None) -> ArrayDataset:
+    """An ImageFolder tree ``root/<class>/<image>`` decoded into an :class:`ArrayDataset`."""
+    files, labels, classes = list_image_folder(root)
+    images = stack_images(((str(f), f) for f in files), len(files), size, str(root))
+    names = [f"{f.parent.name}/{f.name}" for f in files]
+    return ArrayDataset(images, labels, classes, str(root), names)
+
+
+def read_loose_images(root: str | Path, size: int | None = None) -> ArrayDataset:
+    """A flat folder of images (e.g. Kodak), sorted by name, all with label 0 (class ``"image"``)."""
+    files = list_loose_images(root)
+    images = stack_images(((str(f), f) for f in files), len(files), size, str(root))
+    return ArrayDataset(images, [0] * len(files), ["image"], str(root), [f.name for f in files])
 
 
 def read_image_tar(path: str | Path, size: int | None = None) -> ArrayDataset:
-    """A tar / tar.gz of an ImageFolder tree (``[top/]<class>/<image>``); classes and files sorted by name."""
+    """A tar / tar.gz of an ImageFolder tree (``[top/]<class>/<image>``), decoded into an :class:`ArrayDataset`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"archive not found: {path}")
+    members: list[tuple[str, str, bytes]] = []  # (class, file name, bytes)
     try:
         with tarfile.open(path) as tar:
-            members = list(_tar_members(tar))
-    except tarfile.TarError as e:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if not member.isfile() or any(p.startswith(".") for p in parts):
+                    continue
+                if len(parts) < 2:
+                    raise ValueError(f"{path}: {member.name} is not inside a class folder (<class>/<image>)")
+                f = tar.extractfile(member)
+                members.append((parts[-2], parts[-1], f.read() if f is not None else b""))
+    except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a readable tar archive: {e}") from e
     if not members:
         raise ValueError(f"{path}: the archive holds no image files in class folders")
     members.sort(key=lambda m: (m[0], m[1]))
     classes = sorted({c for c, _, _ in members})
-    images = [decode_image(data, f"{path}:{name}", size) for _, name, data in members]
-    labels = [classes.index(c) for c, _, _ in members]
-    return ArrayDataset(_stack(images, [f"{path}:{n}" for _, n, _ in members], str(path)), labels, classes, str(path))
+    images = stack_images(((f"{path}:{c}/{n}", data) for c, n, data in members), len(members), size, str(path))
+    index = {c: i for i, c in enumerate(classes)}
+    return ArrayDataset(images, [index[c] for c, _, _ in members], classes, str(path),
+                        [f"{c}/{n}" for c, n, _ in members])
 
 
-def read_npz(path: str | Path) -> ArrayDataset:
+def read_npz(path: str | Path, size: int | None = None) -> ArrayDataset:
     """An ADM-format batch: ``arr_0`` uint8 [N, H, W, 3]; labels from ``arr_1`` or ``labels`` when present."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
-    with np.load(path) as f:
+    try:
+        f = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable npz file: {e}") from e
+    with f:
         if "arr_0" not in f:
-            raise KeyError(f"{path}: no 'arr_0' array (the ADM batch format stores images NHWC uint8 there)")
+            raise KeyError(f"{path}: no 'arr_0' array (the ADM batch format stores images NHWC uint8 there); "
+                           f"found {sorted(f.files)}")
         images = f["arr_0"]
         labels = f["arr_1"] if "arr_1" in f else f["labels"] if "labels" in f else np.zeros(len(images), np.int64)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers [N], got {labels.dtype} {labels.shape}")
+    chw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    if size is not None:
+        chw = resize_uint8(chw, size)
     n_classes = int(labels.max()) + 1 if len(labels) else 1
-    return ArrayDataset(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels.astype(np.int64),
-                        [str(c) for c in range(n_classes)], str(path))
+    return ArrayDataset(chw, labels.astype(np.int64), [str(c) for c in range(n_classes)], str(path))
 
 
-def read_torchvision_cifar10(root: str | Path, train: bool) -> ArrayDataset:
-    """torchvision's CIFAR-10 (the official pickles) from ``root``; never downloads."""
+def read_torchvision_cifar10(root: str | Path, train: bool, size: int | None = None) -> ArrayDataset:
+    """torchvision's CIFAR-10 (the official pickles, lossless, official order) from ``root``; never downloads."""
     from torchvision.datasets import CIFAR10
 
     try:
         ds = CIFAR10(str(root), train=train, download=False)
     except RuntimeError as e:
-        raise FileNotFoundError(f"torchvision CIFAR-10 not found under {root}: {e}") from e
-    return ArrayDataset(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets), ds.classes,
+        raise FileNotFoundError(f"torchvision CIFAR-10 not found under {root} (expected {root}/cifar-10-batches-py; "
+                                f"nothing is downloaded): {e}") from e
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    if size is not None:
+        images = resize_uint8(images, size)
+    return ArrayDataset(images, np.asarray(ds.targets), ds.classes,
                         f"torchvision-cifar10:{'train' if train else 'test'}")
 
 
 def synthetic(n: int, size: int = 32, num_classes: int = 10, seed: int = 0) -> ArrayDataset:
     """Seeded smooth random images (low-frequency noise, class-dependent mean colour) for tests."""
+    if n <= 0 or size <= 0 or num_classes <= 0:
+        raise ValueError(f"synthetic: n, size and num_classes must be positive, got {n}, {size}, {num_classes}")
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (n,), generator=g)
     low = torch.rand(n, 3, max(size // 4, 1), max(size // 4, 1), generator=g)
@@ -158,3 +190,44 @@ def synthetic(n: int, size: int = 32, num_classes: int = 10, seed: int = 0) -> A
                                           align_corners=False)
     return ArrayDataset((img * 255).round().clamp(0, 255).to(torch.uint8), labels,
                         [f"class{c}" for c in range(num_classes)], f"synthetic(n={n},size={size},seed={seed})")
+
+
+class ImageFileDataset(Dataset):
+    """Image files decoded lazily, one per item: for images that may differ in size (``size=None``).
+
+    Items are ``(uint8 [3, H, W] tensor, int label)``; :meth:`fingerprint` hashes the files' bytes, names,
+    labels and the resize policy. :meth:`to_arrays` stacks them into an :class:`ArrayDataset`.
+    """
+
+    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], classes: Sequence[str],
+                 size: int | None = None, source: str = "files") -> None:
+        if not files:
+            raise ValueError(f"{source}: the dataset is empty")
+        if len(labels) != len(files):
+            raise ValueError(f"{source}: {len(files)} files but {len(labels)} labels")
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{source}: image file not found: {missing[0]}")
+        self.files, self.labels = [Path(f) for f in files], [int(x) for x in labels]
+        self.classes, self.size, self.source = list(classes), size, source
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return decode_image(self.files[i], str(self.files[i]), self.size), self.labels[i]
+
+    def fingerprint(self) -> str:
+        """sha256 over (name, file sha256, label) of every file, the classes and the resize policy."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(str((self.classes, self.size)).encode())
+            for f, label in zip(self.files, self.labels):
+                h.update(f"{f.name}:{sha256_file(f)}:{label}\n".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def to_arrays(self) -> ArrayDataset:
+        """All images stacked (they must share one size; see the module's resize policy)."""
+        images = stack_images(((str(f), f) for f in self.files), len(self.files), self.size, self.source)
+        return ArrayDataset(images, self.labels, self.classes, self.source, [f.name for f in self.files])
