@@ -46,16 +46,9 @@ def random_fid_inception() -> FeatureExtractorInceptionV3:
 
 def pretrained_fid_inception() -> FeatureExtractorInceptionV3:
     """The FID Inception with its real weights, from the offline asset (see ``vfmtok.metrics.inception``)."""
-    try:
-        from vfmtok.metrics import inception as fid_inception
-    except ImportError as e:
-        raise RuntimeError(f"the FID Inception loader vfmtok.metrics.inception is unavailable ({e}); "
-                           "pass pretrained=False for random weights") from e
-    for fn_name in ("load_fid_inception", "fid_inception_v3", "build_fid_inception", "load_inception"):
-        fn = getattr(fid_inception, fn_name, None)
-        if callable(fn):
-            return fn()
-    raise RuntimeError("vfmtok.metrics.inception provides no loader for the FID Inception network")
+    from vfmtok.metrics.inception import load_fid_inception
+
+    return load_fid_inception()
 
 
 class InceptionEncoder(FrozenEncoder):

@@ -1,0 +1,43 @@
+"""Sample images from a class-conditional GPT through a tokenizer's decoder (for gFID and sample grids)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vfmtok.ar.gpt import GPT
+from vfmtok.ar.sampling import generate
+from vfmtok.interface import Tokenizer
+
+
+def sample_images(model: GPT, tokenizer: Tokenizer, *, num_samples: int, num_classes: int, cfg_scale: float,
+                  seed: int, batch_size: int, **sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``num_samples`` images uint8 [N, 3, H, W] and their labels int64 [N] (both on the CPU).
+
+    Labels are drawn uniformly (``torch.randint``, not class-balanced) from a CPU generator seeded with ``seed``;
+    tokens come from a generator on the model's device seeded with ``seed + 1``, so a run is reproducible for a
+    given ``batch_size``. ``sampling`` is passed to :func:`vfmtok.ar.sampling.generate` (temperature, top_k, ...).
+    """
+    spec, cfg = tokenizer.spec, model.config
+    if num_samples <= 0 or batch_size <= 0:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    if not 0 < num_classes <= cfg.num_classes:
+        raise ValueError(f"num_classes must lie in [1, {cfg.num_classes}] (the model's classes), got {num_classes}")
+    if spec.codebook_size != cfg.vocab_size or spec.num_tokens != cfg.num_tokens:
+        raise ValueError(f"GPT (vocab {cfg.vocab_size}, {cfg.num_tokens} tokens) does not fit tokenizer "
+                         f"{spec.name} (codebook {spec.codebook_size}, {spec.num_tokens} tokens)")
+    device = model.tok_embeddings.weight.device
+    labels = torch.randint(num_classes, (num_samples,), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    was_training = tokenizer.training
+    tokenizer.eval()
+    images = []
+    try:
+        for start in range(0, num_samples, batch_size):
+            batch = labels[start:start + batch_size]
+            tokens = generate(model, batch.to(device), cfg_scale=cfg_scale, generator=gen, **sampling)
+            images.append(tokenizer.detokenize(tokens).cpu())
+    finally:
+        tokenizer.train(was_training)
+    return torch.cat(images), labels

@@ -1,0 +1,1 @@
+"""Metrics: reconstruction (PSNR, SSIM), codebook statistics, FID/KID/IS/precision-recall, probing, throughput."""
