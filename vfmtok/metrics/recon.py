@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -74,11 +72,10 @@ class ReconstructionMeter:
         self.ssim.append(ssim_per_image(real, recon).cpu())
 
     def compute(self) -> dict[str, float]:
-        """Means over every image seen (``psnr`` may be inf only if every image is reproduced exactly)."""
+        """Means over every image seen: ``psnr`` (inf as soon as one image is reproduced exactly, with
+        ``n_identical`` saying how many were), ``ssim`` and ``n``."""
         if not self.psnr:
             raise ValueError("no images were added")
         psnr, ssim = torch.cat(self.psnr), torch.cat(self.ssim)
-        finite = psnr[torch.isfinite(psnr)]
-        value = float(finite.mean()) if len(finite) == len(psnr) else math.inf if len(finite) == 0 else \
-            float(psnr.clamp(max=100.0).mean())  # identical images count as 100 dB when mixed with others
-        return {"psnr": value, "ssim": float(ssim.mean()), "n": len(psnr)}
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "n": len(psnr),
+                "n_identical": int(torch.isinf(psnr).sum())}

@@ -1,0 +1,177 @@
+"""Image sources for metrics: everything becomes a stream of uint8 [B, 3, H, W] batches.
+
+Accepted sources:
+
+* a uint8 tensor [N, 3, H, W];
+* a uint8 numpy array, ADM/NHWC [N, H, W, 3] (or NCHW [N, 3, H, W]);
+* a path to an ADM ``.npz`` batch (``arr_0``, uint8 NHWC) or to an image folder (flat, or an ImageFolder tree
+  ``<class>/<image>``; files sorted by name, decoded with the data layer's conversion policy);
+* a map-style dataset whose items are ``(uint8 [3, H, W], label)`` or bare ``uint8 [3, H, W]`` images;
+* any other iterable (a DataLoader, a generator) of uint8 batches ``[B, 3, H, W]`` or ``(batch, labels)`` pairs.
+
+Images of different sizes are batched separately (consecutive images of one size share a batch).
+:func:`content_hash` hashes the pixels independently of batching and of the source type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+ImageSource = torch.Tensor | np.ndarray | str | Path | Dataset | Iterable[Any]
+HASH_VERSION = b"vfmtok-uint8-images-v1"
+
+
+def _check_batch(batch: Any, where: str) -> torch.Tensor:
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        batch = batch[0]  # (images, labels)
+    if not isinstance(batch, torch.Tensor) or batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
+        got = f"{batch.dtype} {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise ValueError(f"{where}: expected uint8 image batches [B, 3, H, W], got {got}")
+    return batch
+
+
+def _nchw(array: np.ndarray, where: str) -> torch.Tensor:
+    if array.dtype != np.uint8 or array.ndim != 4 or 3 not in (array.shape[1], array.shape[-1]):
+        raise ValueError(f"{where}: expected a uint8 array [N, H, W, 3] (ADM) or [N, 3, H, W], "
+                         f"got {array.dtype} {array.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return t.permute(0, 3, 1, 2).contiguous() if array.shape[-1] == 3 and array.shape[1] != 3 else t
+
+
+def load_npz_images(path: str | Path) -> np.ndarray:
+    """``arr_0`` of an ADM batch file: uint8 [N, H, W, 3]."""
+    path = Path(path)
+    try:
+        with np.load(path) as f:
+            if "arr_0" not in f.files:
+                raise KeyError(f"{path}: no 'arr_0' array (ADM batches store uint8 NHWC images there); "
+                               f"found {sorted(f.files)}")
+            images = f["arr_0"]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable npz file: {e}") from e
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    return images
+
+
+def _folder_dataset(path: Path) -> Dataset:
+    from vfmtok.data.readers import ImageFileDataset, list_image_folder, list_loose_images
+
+    if any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+        files = list_loose_images(path)
+        return ImageFileDataset(files, [0] * len(files), ["image"], None, str(path))
+    files, labels, classes = list_image_folder(path)
+    return ImageFileDataset(files, labels, classes, None, str(path))
+
+
+def resolve(source: ImageSource) -> ImageSource:
+    """Paths become arrays (npz) or lazily decoded datasets (folders); other sources are returned as they are."""
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return _folder_dataset(path)
+        if path.suffix == ".npz" and path.is_file():
+            return load_npz_images(path)
+        raise FileNotFoundError(f"image source {path}: expected an .npz file (arr_0 NHWC uint8) or an image folder")
+    return source
+
+
+def describe(source: ImageSource) -> str:
+    """A short description for error messages and records."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (torch.Tensor, np.ndarray)):
+        return f"{type(source).__name__}{tuple(source.shape)}"
+    return getattr(source, "source", None) or type(source).__name__
+
+
+def _dataset_batches(ds: Dataset, batch_size: int, where: str) -> Iterator[torch.Tensor]:
+    pending: list[torch.Tensor] = []
+    for i in range(len(ds)):
+        item = ds[i]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"{where}: item {i} should be a uint8 image [3, H, W], got {got}")
+        if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
+            yield torch.stack(pending)
+            pending = []
+        pending.append(image)
+    if pending:
+        yield torch.stack(pending)
+
+
+def iter_batches(source: ImageSource, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """uint8 [B, 3, H, W] batches of ``source`` (at most ``batch_size`` images each); an empty source raises."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    from vfmtok.data.arrays import ArrayDataset
+
+    where = describe(source)
+    source = resolve(source)
+    count = 0
+    if isinstance(source, torch.Tensor):
+        stream: Iterable[Any] = _check_batch(source, where).split(batch_size)
+    elif isinstance(source, np.ndarray):
+        stream = (_nchw(source[i:i + batch_size], where) for i in range(0, len(source), batch_size))
+    elif isinstance(source, ArrayDataset):  # fast path: slices of the (memory-mapped) array
+        arr = source.images
+        stream = (_nchw(np.asarray(arr[i:i + batch_size]), where) for i in range(0, len(arr), batch_size))
+    elif isinstance(source, Dataset) and not isinstance(source, DataLoader) and hasattr(source, "__len__"):
+        stream = _dataset_batches(source, batch_size, where)
+    elif isinstance(source, Iterable):
+        stream = source
+    else:
+        raise TypeError(f"cannot read images from {type(source).__name__}: pass a uint8 tensor or array, an npz "
+                        "path, an image folder, a dataset or an iterable of uint8 batches")
+    for batch in stream:
+        batch = _check_batch(batch, where)
+        for part in batch.split(batch_size):
+            count += len(part)
+            yield part
+    if count == 0:
+        raise ValueError(f"{where}: no images")
+
+
+class ContentHasher:
+    """sha256 of a stream of uint8 images: per image its shape and bytes, so batching does not matter."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(HASH_VERSION)
+        self.n = 0
+
+    def update(self, batch: torch.Tensor) -> None:
+        """Add a uint8 batch [B, 3, H, W]."""
+        arr = batch.contiguous().cpu().numpy()
+        for image in arr:
+            self._h.update("{},{},{};".format(*image.shape).encode())
+            self._h.update(image.tobytes())
+        self.n += len(arr)
+
+    def hexdigest(self) -> str:
+        """The digest of everything added so far."""
+        return self._h.hexdigest()
+
+
+def is_replayable(source: ImageSource) -> bool:
+    """True when reading ``source`` twice costs no more than reading it (arrays, npz, in-memory datasets)."""
+    from vfmtok.data.arrays import ArrayDataset
+
+    if isinstance(source, (str, Path)):
+        return Path(source).suffix == ".npz"
+    return isinstance(source, (torch.Tensor, np.ndarray, ArrayDataset))
+
+
+def content_hash(source: ImageSource, batch_size: int = 256) -> tuple[str, int]:
+    """(sha256, number of images) of the pixels of ``source``."""
+    hasher = ContentHasher()
+    for batch in iter_batches(source, batch_size):
+        hasher.update(batch)
+    return hasher.hexdigest(), hasher.n
