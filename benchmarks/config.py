@@ -37,6 +37,7 @@ class TokenizerRunConfig:
     steps: int = 500
     batch_size: int = 32
     lr: float = 2e-4
+    warmup_steps: int = 0
     disc_start: int = 10**9  # adversarial loss off unless a step is given
     disc_weight: float = 0.5
     pixel_loss: str = "l2"

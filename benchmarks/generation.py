@@ -24,6 +24,26 @@ def _gpt_for(plan: Any, tok: Tokenizer) -> torch.nn.Module:
                       num_classes=len(plan.data.train.classes), grid=grid)
 
 
+def _sampling_throughput(model: torch.nn.Module, *, num_classes: int, device: torch.device,
+                         batch_size: int = 8, cfg_scale: float = 2.0) -> list[dict[str, Any]]:
+    """Generation tokens/s of ``model`` with and without the KV cache (guided, so 2x batch per forward)."""
+    from vfmtok.ar import generate
+    from vfmtok.metrics.throughput import measure
+
+    labels = torch.arange(batch_size, device=device) % num_classes
+    rows = []
+    for use_cache in (True, False):
+        def run(use_cache: bool = use_cache) -> torch.Tensor:
+            return generate(model, labels, cfg_scale=cfg_scale, use_cache=use_cache,
+                            generator=torch.Generator(device).manual_seed(0))
+
+        rate = measure(run, batch_items=batch_size, tokens_per_item=model.config.num_tokens, warmup=1, iters=2,
+                       device=device)
+        rows.append({"metric": "gen_tokens_per_s", "value": rate.tokens_per_s,
+                     "setting": {"kv_cache": use_cache, "batch_size": batch_size, "cfg_scale": cfg_scale}})
+    return rows
+
+
 def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) -> tuple[list[Row], dict[str, Any]]:
     """Token extraction, AR training (with gFID along the way) and the CFG sweep for one tokenizer."""
     from vfmtok.ar import load_gpt_checkpoint
@@ -104,6 +124,7 @@ def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) ->
             fname = f"samples_cfg{scale:g}.npz"
             np.savez(folder / fname, arr_0=images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy())
             files[f"{scale:g}"] = fname
+        out_rows += _sampling_throughput(model, num_classes=len(data.train.classes), device=plan.device)
         return {"rows": out_rows, "files": files}
 
     generated = runner.run("generate", gen_inputs, generate, name)

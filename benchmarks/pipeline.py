@@ -20,6 +20,8 @@ from benchmarks.records import Row
 from benchmarks.stages import StageRunner
 from vfmtok import create_tokenizer, from_pretrained, load_official
 from vfmtok.data import ArrayDataset, build_dataset, cifar10
+from vfmtok.data.feature_cache import CachedFeatureDataset, build_feature_cache
+from vfmtok.encoders.base import FrozenEncoder
 from vfmtok.images import resize_uint8, to_model_range
 from vfmtok.interface import Tokenizer
 from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
@@ -110,9 +112,10 @@ class Plan:
                 model.save_pretrained(folder / "tokenizer")
                 return {"tokenizer_dir": "tokenizer", "history": [], "perceptual": "not trained here"}
             model = create_tokenizer(run.name, **run.overrides)
-            train = _at_size(self.data.train, model.spec.image_size)
+            train = self._training_images(model)
             tcfg = TokenizerTrainConfig(
-                steps=run.steps, batch_size=run.batch_size, lr=run.lr, disc_start=run.disc_start,
+                steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
+                disc_start=run.disc_start,
                 disc_weight=run.disc_weight, pixel_loss=run.pixel_loss, seed=self.cfg.seed, device=self.cfg.device,
                 flip=self.cfg.data.flip, checkpoint_every=max(run.steps // 4, 50), progress=self.cfg.progress)
             result = TokenizerTrainer(model, train, tcfg, folder).fit()
@@ -120,6 +123,18 @@ class Plan:
 
         result = self.runner.run("train_tokenizer", inputs, compute, run.name)
         return self.runner.path("train_tokenizer", inputs) / result["tokenizer_dir"], result
+
+    def _training_images(self, model: Tokenizer) -> torch.utils.data.Dataset:
+        """Training images at the model's size; with a frozen encoder, paired with its cached features."""
+        size = model.spec.image_size
+        train = _at_size(self.data.train, size)
+        encoder = getattr(model, "encoder", None)
+        if not isinstance(encoder, FrozenEncoder):
+            return train
+        flip = self.cfg.data.flip
+        cache = build_feature_cache(encoder, train, f"{self.data.fingerprints['train']}@{size}", flip=flip,
+                                    root=Path(self.cfg.work_dir) / "features", progress=self.cfg.progress)
+        return CachedFeatureDataset(train, cache, flip=flip, seed=self.cfg.seed)
 
     def tokenizer(self, alias: str) -> TokenizerResult:
         """Every stage of one tokenizer of the catalog."""
@@ -136,6 +151,7 @@ class Plan:
         if self.cfg.suite.recon:
             result, folder = self._stage("eval_recon", key, lambda f: self._eval_recon(tok, f), name)
             rows += _rows(name, result["rows"])
+            self._fid.update(result.get("fid_info", {}))  # from the stage result: cached runs record it too
             artifacts.update({k: str(folder / v) for k, v in result["files"].items()})
         if self.cfg.suite.probe:
             result, _ = self._stage("probe", key, lambda f: self._probe(tok), name)
@@ -181,7 +197,6 @@ class Plan:
             rows.append({"metric": "semantic_loss", "value": float(tok.semantic_eval_loss(x)), "n": len(x)})
         np.savez(folder / "grid.npz", arr_0=images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy())
         np.savez(folder / "grid_recon.npz", arr_0=tok.reconstruct(images[:GRID_SAMPLES]).permute(0, 2, 3, 1).numpy())
-        self._fid.update(res.get("fid_info", {}))
         return {"rows": rows, "files": {"real_npz": "grid.npz", "recon_npz": "grid_recon.npz"},
                 "fid_info": res.get("fid_info", {})}
 
@@ -216,22 +231,25 @@ class Plan:
 def convergence_rows(rows: list[Row]) -> list[Row]:
     """AR steps each tokenizer needs to reach a common gFID target (the worst final cfg=1 gFID of the run)."""
     curves: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
+    counts: dict[tuple[str, str | None], int | None] = {}
     for r in rows:
         if r.metric == "gfid" and "ar_step" in r.setting and r.value is not None:
             curves.setdefault((r.tokenizer, r.ar_model), []).append((int(r.setting["ar_step"]), r.value))
+            counts[(r.tokenizer, r.ar_model)] = r.n
     if len(curves) < 2:
         return []
     target = max(min(v for _, v in points) for points in curves.values())
     out = []
     for (tok, ar), points in sorted(curves.items()):
         first = next((s for s, v in sorted(points) if v <= target), None)
-        out.append(Row(tok, "steps_to_target", first, ar_model=ar, setting={"target_gfid": round(target, 4)},
+        out.append(Row(tok, "steps_to_target", first, n=counts[(tok, ar)], ar_model=ar,
+                       setting={"target_gfid": round(target, 4)},
                        reason=None if first is not None else "target not reached"))
     return out
 
 
 def notes(cfg: BenchConfig, specs: dict[str, dict[str, Any]], rows: list[Row]) -> dict[str, str]:
-    """Protocol caveats that every table of the run carries."""
+    """Protocol caveats of the run, by key; each table carries the keys it lists (``tables.TableSpec.notes``)."""
     out: dict[str, str] = {}
     if cfg.data.name == "cifar10":
         out["data"] = ("CIFAR-10 from a JPEG (quality 75) copy decoded losslessly: pixels differ from the official "
@@ -239,6 +257,8 @@ def notes(cfg: BenchConfig, specs: dict[str, dict[str, Any]], rows: list[Row]) -
     if any((s.get("encoder") or "").startswith("inception") for s in specs.values()):
         out["inception"] = ("VFMTok here uses the FID Inception-v3 as its frozen encoder, the same network that "
                             "computes rFID/gFID: its FIDs may be optimistic.")
+        out["probe"] = ("VFMTok's frozen Inception-v3 encoder was trained with ImageNet labels, which favours its "
+                        "linear-probe accuracy over tokenizers trained from scratch.")
     if any(r.metric == "steps_to_target" for r in rows):
         out["convergence"] = "steps to target: first AR evaluation step whose cfg=1 gFID reaches the target."
     return out

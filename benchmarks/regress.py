@@ -17,11 +17,13 @@ from benchmarks.metric_info import info
 from vfmtok.fileio import atomic_write_json
 
 BASELINE = Path("results/baselines/smoke.json")
-#: allowed worsening per metric: absolute slack (same units as the metric)
+#: allowed worsening per metric: absolute slack (same units as the metric). Sized for the smoke preset's tiny
+#: sample counts (16-32 images per FID, 32 probe images) and for float differences between CPUs, so that only
+#: real breakage trips the gate (a 1-step tokenizer loses > 1 dB PSNR).
 DEFAULT_TOLERANCES: dict[str, float] = {
-    "psnr": 0.25, "ssim": 0.01, "rfid": 2.0, "codebook_usage": 5.0, "codebook_perplexity": 5.0,
-    "codebook_entropy_bits": 0.25, "probe_top1": 5.0, "gfid": 5.0, "precision": 0.1, "recall": 0.1,
-    "semantic_loss": 0.02, "kid": 5.0, "inception_score": 0.5,
+    "psnr": 0.5, "ssim": 0.02, "rfid": 15.0, "codebook_usage": 10.0, "codebook_perplexity": 5.0,
+    "codebook_entropy_bits": 0.5, "probe_top1": 10.0, "gfid": 25.0, "precision": 0.25, "recall": 0.25,
+    "semantic_loss": 0.05, "kid": 5.0, "inception_score": 0.5,
 }
 #: metrics that measure the machine rather than the code are never gated
 UNGATED = {"encode_img_per_s", "decode_img_per_s", "gen_tokens_per_s", "steps_to_target", "ar_train_loss"}

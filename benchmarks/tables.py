@@ -45,6 +45,7 @@ class TableSpec:
     title: str
     columns: tuple[Column, ...]
     by_ar_model: bool = False
+    notes: tuple[str, ...] = ()  # keys of the record notes this table carries ("fid": the FID backend)
 
 
 def _cfg(scale: float) -> Setting:
@@ -64,15 +65,16 @@ def _plain(s: dict) -> bool:
     return "ar_step" not in s
 
 
+FID_NOTES = ("data", "inception", "fid")
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("reconstruction", "Reconstruction", (
         Column("psnr"), Column("ssim"), Column("lpips"), Column("rfid"),
-        Column("codebook_usage"), Column("semantic_loss"))),
+        Column("codebook_usage"), Column("semantic_loss")), notes=FID_NOTES),
     TableSpec("codebook", "Codebook utilization", (
         Column("codebook_usage"), Column("codebook_perplexity"), Column("codebook_entropy_bits"))),
     TableSpec("probing", "Linear probing", (
         Column("probe_top1", "pre-quant latents", lambda s: s.get("features") == "pre_quant"),
-        Column("probe_top1", "quantized codes", lambda s: s.get("features") == "codes"))),
+        Column("probe_top1", "quantized codes", lambda s: s.get("features") == "codes")), notes=("probe",)),
     TableSpec("generation", "Class-conditional generation", (
         Column("gfid", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
         Column("inception_score", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
@@ -81,13 +83,14 @@ TABLES: tuple[TableSpec, ...] = (
         Column("gfid", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
         Column("inception_score", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
         Column("precision", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
-        Column("recall", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False))), by_ar_model=True),
+        Column("recall", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False))), by_ar_model=True,
+        notes=FID_NOTES),
     TableSpec("throughput", "Throughput", (
         Column("encode_img_per_s"), Column("decode_img_per_s"),
         Column("gen_tokens_per_s", "KV cache", lambda s: s.get("kv_cache") is True),
         Column("gen_tokens_per_s", "no cache", lambda s: s.get("kv_cache") is False)), by_ar_model=True),
     TableSpec("convergence", "AR convergence", (
-        Column("steps_to_target"),), by_ar_model=True),
+        Column("steps_to_target"),), by_ar_model=True, notes=("convergence", *FID_NOTES)),
 )
 
 
@@ -151,16 +154,16 @@ def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.
             ident["n"] = "/".join(map(str, counts)) or "—"
             display.append({**ident, **{c.header(): v for c, (v, _) in zip(spec.columns, cells)}, "run": rec["run_id"]})
             numeric.append({**ident, **{c.header(): x for c, (_, x) in zip(spec.columns, cells)}, "run": rec["run_id"]})
-        for text in _record_notes(rec):
+        for text in _record_notes(rec, spec.notes):
             notes.mark(text)
     return pd.DataFrame(display), pd.DataFrame(numeric), notes.texts
 
 
-def _record_notes(rec: dict) -> list[str]:
-    """Protocol footnotes every table of a record carries."""
-    texts = [f"{rec['preset']}: {v}" for _, v in sorted(rec["notes"].items())]
+def _record_notes(rec: dict, keys: tuple[str, ...]) -> list[str]:
+    """The protocol footnotes of a record that a table with note ``keys`` carries."""
+    texts = [f"{rec['preset']}: {v}" for k, v in sorted(rec["notes"].items()) if k in keys]
     fid = rec.get("fid") or {}
-    if fid.get("backend"):
+    if "fid" in keys and fid.get("backend"):
         texts.append(f"{rec['preset']}: FID backend {fid['backend']}, Inception weights sha256 "
                      f"{str(fid.get('weights_sha256', ''))[:12]}…; n = images per number.")
     return texts

@@ -34,7 +34,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
         build_dataset(args.data, path=args.path, size=size)
     if args.n:
         data = data.random_subset(args.n, seed=args.seed)
-    cfg = TokenizerTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, disc_start=args.disc_start,
+    cfg = TokenizerTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                               disc_start=args.disc_start,
                                pixel_loss=args.pixel_loss, seed=args.seed, device=args.device, flip=args.flip,
                                checkpoint_every=args.checkpoint_every, progress=True)
     result = TokenizerTrainer(model, data, cfg, args.out).fit()
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear LR warm-up")
     p.add_argument("--disc-start", type=int, default=10**9, help="step the PatchGAN loss starts (default: off)")
     p.add_argument("--pixel-loss", default="l2", choices=["l1", "l2", "l2+mse"])
     p.add_argument("--flip", action="store_true", help="random horizontal flips")

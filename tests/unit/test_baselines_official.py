@@ -112,7 +112,7 @@ def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(a.codebook(), b.codebook())
 
 
-@pytest.mark.parametrize("name", ["vqgan_f16_k1024", "llamagen_vq_f16_k16384"])
+@pytest.mark.parametrize("name", ["vqgan_f16_k16384", "vqgan_f16_k1024", "llamagen_vq_f16_k16384"])
 def test_official_layout_round_trip(name: str, tmp_path) -> None:
     source = create_tokenizer(name).eval()
     state = _perturbed(source, seed=1)

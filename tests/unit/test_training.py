@@ -18,7 +18,7 @@ def test_ema_math() -> None:
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, warmup=False)
     with torch.no_grad():
         model.weight.fill_(3.0)
     ema.update(model)
@@ -26,6 +26,24 @@ def test_ema_math() -> None:
     with ema.swapped_into(model):
         assert torch.allclose(model.weight, torch.full((1, 2), 1.2))
     assert torch.equal(model.weight, torch.full((1, 2), 3.0))
+
+
+def test_ema_warmup_follows_early_weights() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.999)
+    decays = []
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(3):
+        decays.append(ema.current_decay())
+        ema.update(model)
+    assert decays == pytest.approx([1 / 10, 2 / 11, 3 / 12])
+    assert float(ema.shadow["weight"]) == pytest.approx(1 - 0.1 * (2 / 11) * (3 / 12))  # mostly the new weight
+    restored = EMA(model, decay=0.999)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.current_decay() == ema.current_decay() == pytest.approx(4 / 13)
 
 
 def test_checkpoint_manager_keeps_last_good(tmp_path, monkeypatch) -> None:
@@ -97,7 +115,8 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path) -> None:
     assert first.step == 3 and first.tokenizer_dir is None
     resumed = _trainer(tmp_path / "b").fit()
     assert resumed.step == 6 and straight.history == resumed.history
-    assert "disc" in straight.history[-1] and "gan" in straight.history[-1]
+    assert all("disc" not in h and "gan" not in h for h in straight.history[:2])  # disc_start = 2
+    assert all("disc" in h and "gan" in h for h in straight.history[2:])
     a = torch.load(sorted((tmp_path / "a/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
     b = torch.load(sorted((tmp_path / "b/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
     for part in ("model", "disc"):
@@ -123,6 +142,32 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path) -> None:
         trainer.fit()
     kept = trainer.ckpt.load_latest()
     assert kept["step"] == 2 and all(torch.equal(kept["model"][k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_is_named(tmp_path, bad) -> None:
+    trainer = _trainer(tmp_path)
+    original = trainer.model.forward
+    trainer.model.forward = lambda x: dataclasses.replace(original(x), losses={"codebook": torch.tensor(bad)})
+    with pytest.raises(NonFiniteLossError, match="codebook"):
+        trainer.fit()
+
+
+def test_lr_warmup_and_cosine_reach_both_optimizers(tmp_path) -> None:
+    trainer = _trainer(tmp_path, steps=8, warmup_steps=4, schedule="cosine", lr=1e-3)
+    seen = []
+    step = trainer._generator_step
+
+    def spy(x, features):
+        seen.append((trainer.opt.param_groups[0]["lr"], trainer.opt_disc.param_groups[0]["lr"]))
+        return step(x, features)
+
+    trainer._generator_step = spy
+    trainer.fit()
+    gen = [g for g, _ in seen]
+    assert [g == d for g, d in seen] == [True] * 8
+    assert gen[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and gen[4] == pytest.approx(1e-3)
+    assert gen[5] > gen[6] > gen[7] > 0
 
 
 def test_loss_decreases_and_exports(tmp_path) -> None:

@@ -81,7 +81,7 @@ AR_MODELS: Registry[dict[str, Any]] = Registry("AR model")
 for _name, _dim, _layers, _heads in [
     ("gpt_b", 768, 12, 12), ("gpt_l", 1024, 24, 16), ("gpt_xl", 1280, 36, 20), ("gpt_xxl", 1536, 48, 24),
     ("gpt_2b", 1920, 48, 32), ("gpt_3b", 3200, 24, 32),  # 2B: head_dim 60; 3B: head_dim 100
-    ("gpt_mini", 384, 8, 6), ("gpt_micro", 256, 4, 4), ("test_gpt", 64, 2, 2),
+    ("gpt_mini", 384, 8, 6), ("gpt_micro", 256, 4, 4), ("gpt_nano", 128, 4, 4), ("test_gpt", 64, 2, 2),
 ]:
     AR_MODELS.register(_name, {"dim": _dim, "n_layer": _layers, "n_head": _heads})
 

@@ -106,7 +106,7 @@ class _ARTrainer:
                   {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
-        self.ema = EMA(self.core, cfg.ema_decay) if cfg.ema_decay else None
+        self.ema = EMA(self.core, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay else None
         self.order = ResumableOrder(len(dataset), cfg.seed)
         self.per_epoch = len(dataset) // cfg.batch_size
         if self.per_epoch == 0:
@@ -173,8 +173,6 @@ class _ARTrainer:
                                          "(the last checkpoint is kept)")
         self.opt.step()
         if self.ema:
-            if cfg.ema_warmup:
-                self.ema.decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
             self.ema.update(self.core)
         return float(loss.detach())
 

@@ -51,35 +51,42 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 class EMA:
     """Exponential moving average of a module's floating-point state (parameters and buffers).
 
-    ``ema = decay * ema + (1 - decay) * current`` after each optimizer step; integer buffers are copied.
-    Only the keys of ``state_fn(model)`` are tracked (e.g. a tokenizer's trainable state, excluding a
-    frozen encoder).
+    ``ema = d * ema + (1 - d) * current`` after each optimizer step; integer buffers are copied. With
+    ``warmup`` the decay of the n-th update is ``d = min(decay, (1 + n) / (10 + n))``, so short runs get an
+    average of trained weights rather than of the initialisation. Only the keys of ``state_fn(model)`` are
+    tracked (e.g. a tokenizer's trainable state, excluding a frozen encoder).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, state_fn: Any = None) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.999, state_fn: Any = None, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self._state_fn = state_fn or (lambda m: m.state_dict())
         self.shadow = {k: v.detach().clone() for k, v in self._state_fn(model).items()}
+
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the model's current weights into the average."""
+        decay = self.current_decay()
         for key, value in self._state_fn(model).items():
             avg = self.shadow[key]
             if avg.is_floating_point():
-                avg.lerp_(value.detach(), 1.0 - self.decay)
+                avg.lerp_(value.detach(), 1.0 - decay)
             else:
                 avg.copy_(value)
+        self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state."""
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
-        self.decay = state["decay"]
+        self.decay, self.warmup, self.updates = state["decay"], state["warmup"], state["updates"]
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
     @contextlib.contextmanager

@@ -30,6 +30,7 @@ from vfmtok.train.common import (
     autocast_context,
     capture_rng_state,
     check_finite,
+    lr_at,
     progress_bar,
     restore_rng_state,
     seed_everything,
@@ -43,6 +44,8 @@ class TokenizerTrainConfig:
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
+    warmup_steps: int = 0  # linear LR warm-up (both optimizers); transformers at high LR need it
+    schedule: str = "constant"  # or "cosine" (to zero at ``steps``)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     pixel_loss: str = "l2"
@@ -55,6 +58,7 @@ class TokenizerTrainConfig:
     adaptive_disc_weight: bool = False
     loss_weights: dict[str, float] = field(default_factory=dict)  # tokenizer terms; missing names weigh 1.0
     ema_decay: float = 0.999  # 0 disables EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at update n, so short runs get a useful EMA
     flip: bool = False  # random horizontal flips (datasets with their own flips, e.g. feature caches, do it)
     checkpoint_every: int = 500
     log_every: int = 25
@@ -88,7 +92,8 @@ class TokenizerTrainer:
         self.disc = NLayerDiscriminator(n_layers=cfg.disc_layers).to(self.device)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.perceptual = PerceptualLoss().to(self.device) if cfg.perceptual_weight > 0 else None
-        self.ema = EMA(model, cfg.ema_decay, state_fn=lambda m: m.trainable_state_dict()) if cfg.ema_decay else None
+        self.ema = (EMA(model, cfg.ema_decay, state_fn=lambda m: m.trainable_state_dict(), warmup=cfg.ema_warmup)
+                    if cfg.ema_decay else None)
         self.order = ResumableOrder(len(dataset), cfg.seed)
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", is_main=is_main)
         self.is_main = is_main
@@ -181,6 +186,9 @@ class TokenizerTrainer:
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         bar = progress_bar(cfg.steps, self.step, f"train {self.model.registry_name}", cfg.progress)
         while self.step < end:
+            lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.schedule)
+            for group in (*self.opt.param_groups, *self.opt_disc.param_groups):
+                group["lr"] = lr
             x, features = self._batch(self.step)
             terms, recon = self._generator_step(x, features)
             if self.step >= cfg.disc_start:
