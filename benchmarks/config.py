@@ -109,6 +109,8 @@ def load_config(overrides: list[str] | None = None, preset: str | None = None) -
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     obj: BenchConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if obj.launcher not in ("local", "torchrun") or obj.nproc < 1:
+        raise ValueError(f"launcher must be 'local' or 'torchrun' and nproc >= 1, got {obj.launcher!r}, {obj.nproc}")
     unknown = [t for t in obj.tokenizers if t not in obj.catalog]
     if unknown:
         raise ValueError(f"unknown tokenizer(s) {unknown} for preset {obj.preset!r}; available: {sorted(obj.catalog)}")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from benchmarks.records import Row
+from vfmtok.distributed import is_main
 from vfmtok.interface import Tokenizer
 
 GRID_SAMPLES = 16
@@ -61,7 +62,7 @@ def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) ->
         build_token_cache(tok, images, labels, folder / "cache", key=token_inputs, flip=cfg.data.flip)
         return {"cache": "cache"}
 
-    runner.run("tokens", token_inputs, extract, name)
+    runner.run("tokens", token_inputs, extract, name, collective=True)
     reference = plan.eval_images(tok)
     ar_inputs = {"tokens": token_dir.name, "ar": ar_cfg, "seed": cfg.seed, "device": cfg.device,
                  "reference": data.fingerprints["eval"]}
@@ -88,7 +89,7 @@ def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) ->
         return {"checkpoint": str(Path(result.checkpoint_path).relative_to(folder)),
                 "curve": [[e["step"], e["gfid"]] for e in result.evals], "final_loss": result.final_loss}
 
-    trained = runner.run("train_ar", ar_inputs, train, name)
+    trained = runner.run("train_ar", ar_inputs, train, name, collective=True)
     ar_dir = runner.path("train_ar", ar_inputs)
     rows = [Row(name, "ar_train_loss", trained["final_loss"], ar_model=cfg.ar.model,
                 setting={"steps": cfg.ar.steps})]
@@ -122,12 +123,14 @@ def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) ->
                              "reason": None if is_ and is_["value"] is not None else
                              (is_ or {}).get("reason", "Inception logits weights unavailable")})
             fname = f"samples_cfg{scale:g}.npz"
-            np.savez(folder / fname, arr_0=images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy())
+            if is_main():
+                np.savez(folder / fname, arr_0=images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy())
             files[f"{scale:g}"] = fname
-        out_rows += _sampling_throughput(model, num_classes=len(data.train.classes), device=plan.device)
+        if is_main():  # one process, alone on the machine
+            out_rows += _sampling_throughput(model, num_classes=len(data.train.classes), device=plan.device)
         return {"rows": out_rows, "files": files}
 
-    generated = runner.run("generate", gen_inputs, generate, name)
+    generated = runner.run("generate", gen_inputs, generate, name, collective=True)
     gen_dir = runner.path("generate", gen_inputs)
     rows += [Row(name, ar_model=cfg.ar.model, **r) for r in generated["rows"]]
     artifacts = {"samples_npz": {k: str(gen_dir / v) for k, v in generated["files"].items()},

@@ -21,6 +21,7 @@ from benchmarks.stages import StageRunner
 from vfmtok import create_tokenizer, from_pretrained, load_official
 from vfmtok.data import ArrayDataset, build_dataset, cifar10
 from vfmtok.data.feature_cache import CachedFeatureDataset, build_feature_cache
+from vfmtok.distributed import is_main, local_device
 from vfmtok.encoders.base import FrozenEncoder
 from vfmtok.images import resize_uint8, to_model_range
 from vfmtok.interface import Tokenizer
@@ -92,7 +93,7 @@ class Plan:
 
     def __init__(self, cfg: BenchConfig, runner: StageRunner, data: Data) -> None:
         self.cfg, self.runner, self.data = cfg, runner, data
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(local_device(cfg.device))  # this rank's GPU under torchrun
         self._fid: dict[str, Any] = {}
 
     def fid_info(self) -> dict[str, Any]:
@@ -109,7 +110,8 @@ class Plan:
             torch.manual_seed(self.cfg.seed)
             if run.official:
                 model = load_official(run.official, run.checkpoint)
-                model.save_pretrained(folder / "tokenizer")
+                if is_main():
+                    model.save_pretrained(folder / "tokenizer")
                 return {"tokenizer_dir": "tokenizer", "history": [], "perceptual": "not trained here"}
             model = create_tokenizer(run.name, **run.overrides)
             train = self._training_images(model)
@@ -121,7 +123,7 @@ class Plan:
             result = TokenizerTrainer(model, train, tcfg, folder).fit()
             return {"tokenizer_dir": "tokenizer", "history": result.history[-1:], "perceptual": result.perceptual}
 
-        result = self.runner.run("train_tokenizer", inputs, compute, run.name)
+        result = self.runner.run("train_tokenizer", inputs, compute, run.name, collective=True)
         return self.runner.path("train_tokenizer", inputs) / result["tokenizer_dir"], result
 
     def _training_images(self, model: Tokenizer) -> torch.utils.data.Dataset:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from benchmarks.metric_info import info
+from vfmtok.distributed import rank_world
 from vfmtok.fileio import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,7 @@ class Row:
 def environment() -> dict[str, Any]:
     """Hardware and software the numbers were measured on."""
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "world_size": rank_world()[1],
            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
     env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return env

@@ -5,6 +5,9 @@ and its inputs (configuration, upstream results, data fingerprints). ``result.js
 atomically: its presence means the stage finished, and a re-run with the same inputs returns it
 without recomputing. A killed stage leaves no ``result.json``; its own checkpoints in the same
 folder let it resume.
+
+Under ``torchrun`` a *collective* stage (training, token extraction, sampling) runs on every rank; any other
+stage runs on rank 0 while the others wait. Rank 0 alone writes ``result.json``, and every rank returns it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vfmtok.distributed import barrier, is_main
 from vfmtok.fileio import atomic_write_json, sha256_json
 
 log = logging.getLogger("benchmarks")
@@ -51,21 +55,31 @@ class StageRunner:
         """Folder of a stage's output."""
         return self.work_dir / stage / stage_key(stage, inputs)
 
-    def run(self, stage: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], label: str = "") -> dict:
-        """Return the cached result of ``stage`` for ``inputs``, computing ``fn(folder)`` if absent."""
+    def run(self, stage: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], label: str = "",
+            collective: bool = False) -> dict:
+        """Return the cached result of ``stage`` for ``inputs``, computing ``fn(folder)`` if absent.
+
+        ``collective``: ``fn`` takes part in collectives, so every rank calls it (else rank 0 alone does).
+        """
         folder = self.path(stage, inputs)
         done = folder / "result.json"
         if done.is_file():
             result = json.loads(done.read_text())
             self.history.append({"stage": stage, "label": label, "cached": True, "key": folder.name})
-            log.info("%-16s %-28s cached (%s)", stage, label, folder.name)
+            if is_main():
+                log.info("%-16s %-28s cached (%s)", stage, label, folder.name)
             return result
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "inputs.json", inputs)
-        log.info("%-16s %-28s running (%s)", stage, label, folder.name)
-        start = time.perf_counter()
-        result = fn(folder)
-        result = {**result, "seconds": round(time.perf_counter() - start, 3)}
-        atomic_write_json(done, result)
+        barrier()  # every rank has seen that the stage must run
+        if is_main():
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / "inputs.json", inputs)
+            log.info("%-16s %-28s running (%s)", stage, label, folder.name)
+        barrier()
+        if collective or is_main():
+            start = time.perf_counter()
+            result = fn(folder)
+            if is_main():
+                atomic_write_json(done, {**result, "seconds": round(time.perf_counter() - start, 3)})
+        barrier()
         self.history.append({"stage": stage, "label": label, "cached": False, "key": folder.name})
-        return result
+        return json.loads(done.read_text())

@@ -8,6 +8,7 @@ import torch
 
 from vfmtok.ar.gpt import GPT
 from vfmtok.ar.sampling import generate
+from vfmtok.distributed import derive_seed, ordered_map
 from vfmtok.interface import Tokenizer
 
 
@@ -15,9 +16,11 @@ def sample_images(model: GPT, tokenizer: Tokenizer, *, num_samples: int, num_cla
                   seed: int, batch_size: int, **sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly ``num_samples`` images uint8 [N, 3, H, W] and their labels int64 [N] (both on the CPU).
 
-    Labels are drawn uniformly (``torch.randint``, not class-balanced) from a CPU generator seeded with ``seed``;
-    tokens come from a generator on the model's device seeded with ``seed + 1``, so a run is reproducible for a
-    given ``batch_size``. ``sampling`` is passed to :func:`vfmtok.ar.sampling.generate` (temperature, top_k, ...).
+    Labels are drawn uniformly (``torch.randint``, not class-balanced) from a CPU generator seeded with ``seed``.
+    Samples are made in chunks of ``batch_size``; chunk ``c`` draws its tokens from a generator on the model's
+    device seeded with ``derive_seed(seed, c)``, so the samples depend on ``seed`` and ``batch_size`` only. Under
+    ``torchrun`` the chunks are shared out across ranks and every rank returns the same full set, identical to a
+    one-process run. ``sampling`` is passed to :func:`vfmtok.ar.sampling.generate` (temperature, top_k, ...).
     """
     spec, cfg = tokenizer.spec, model.config
     if num_samples <= 0 or batch_size <= 0:
@@ -29,15 +32,17 @@ def sample_images(model: GPT, tokenizer: Tokenizer, *, num_samples: int, num_cla
                          f"{spec.name} (codebook {spec.codebook_size}, {spec.num_tokens} tokens)")
     device = model.tok_embeddings.weight.device
     labels = torch.randint(num_classes, (num_samples,), generator=torch.Generator().manual_seed(seed))
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def chunk(items: range) -> tuple[torch.Tensor]:
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, items.start // batch_size))
+        tokens = generate(model, labels[items.start:items.stop].to(device), cfg_scale=cfg_scale, generator=gen,
+                          **sampling)
+        return (tokenizer.detokenize(tokens).cpu(),)
+
     was_training = tokenizer.training
     tokenizer.eval()
-    images = []
     try:
-        for start in range(0, num_samples, batch_size):
-            batch = labels[start:start + batch_size]
-            tokens = generate(model, batch.to(device), cfg_scale=cfg_scale, generator=gen, **sampling)
-            images.append(tokenizer.detokenize(tokens).cpu())
+        (images,) = ordered_map(chunk, num_samples, batch_size)
     finally:
         tokenizer.train(was_training)
-    return torch.cat(images), labels
+    return images, labels

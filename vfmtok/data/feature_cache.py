@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vfmtok.distributed import barrier, is_main, ordered_rounds
 from vfmtok.encoders.base import FrozenEncoder
 from vfmtok.fileio import atomic_write, atomic_write_json, sha256_json
 from vfmtok.images import to_model_range
@@ -119,7 +120,8 @@ class FeatureCache:
               progress: bool = False) -> FeatureCache:
         """Compute and store the features of every item of ``dataset`` (yielding ``(image, label)``).
 
-        Images are uint8 [3, H, W] or float [3, H, W] in [-1, 1]. Variants already complete are kept.
+        Images are uint8 [3, H, W] or float [3, H, W] in [-1, 1]. Variants already complete are kept. Under
+        ``torchrun`` every rank encodes its chunks and rank 0 writes, byte-identical to a one-process build.
         """
         if FeatureCacheKey.for_encoder(encoder, self.key.dataset) != self.key:
             raise ValueError(f"encoder {encoder.name} does not match the cache key {self.key}")
@@ -129,34 +131,48 @@ class FeatureCache:
             raise ValueError("cannot build a feature cache of an empty dataset")
         variants = ["plain", "hflip"] if flip else ["plain"]
         todo = [v for v in variants if not self.is_complete([v])]
-        if todo:
-            for variant in todo:
-                atomic_write(self.path(variant), lambda p, v=variant: self._write(p, encoder, dataset, v,
-                                                                                   batch_size, progress))
+        barrier()  # every rank has checked before rank 0 writes
+        for variant in todo:
+            rows = self._rows(encoder, dataset, variant, batch_size)
+            if is_main():
+                atomic_write(self.path(variant), lambda p, r=rows: self._write(p, r, progress))
+            else:
+                for _ in rows:  # take part in the collective encoding; rank 0 writes
+                    pass
+        if todo and is_main():
             done = [v for v in VARIANTS if v in variants or self.is_complete([v])]
             atomic_write_json(self.directory / "meta.json", {**self._meta(), "variants": done})
+        barrier()
         self._maps.clear()
         return self
 
-    def _write(self, path: Path, encoder: FrozenEncoder, dataset: Dataset, variant: str, batch_size: int,
-               progress: bool) -> None:
-        out = np.memmap(path, dtype=np.float16, mode="w+", shape=(self.num_items, self.row_size))
+    def _rows(self, encoder: FrozenEncoder, dataset: Dataset, variant: str,
+              batch_size: int) -> Iterator[tuple[range, torch.Tensor]]:
+        """(items, fp16 rows [len(items), row_size]) in dataset order; every rank encodes its own chunks."""
         device = next(encoder.parameters()).device
-        starts = range(0, self.num_items, batch_size)
-        if progress:
-            from tqdm import tqdm
 
-            starts = tqdm(starts, desc=f"features {self.key.encoder} {variant}")
-        for start in starts:
-            idx = range(start, min(start + batch_size, self.num_items))
-            x = torch.stack([_to_model_range(dataset[i][0]) for i in idx]).to(device)  # [b, 3, H, W] in [-1, 1]
+        def chunk(items: range) -> tuple[torch.Tensor]:
+            x = torch.stack([_to_model_range(dataset[i][0]) for i in items]).to(device)  # [b, 3, H, W] in [-1, 1]
             if variant == "hflip":
                 x = x.flip(-1)
             rows = torch.cat([t.flatten(1) for t in encoder(x).levels], dim=1).cpu()  # [b, row_size]
             peak = float(rows.abs().max())
             if not np.isfinite(peak) or peak > FP16_MAX:
-                raise ValueError(f"features of items {idx.start}..{idx.stop - 1} reach {peak}: not storable as fp16")
-            out[idx.start:idx.stop] = rows.half().numpy()
+                raise ValueError(f"features of items {items.start}..{items.stop - 1} reach {peak}: "
+                                 "not storable as fp16")
+            return (rows.half(),)
+
+        for items, (rows,) in ordered_rounds(chunk, self.num_items, batch_size):
+            yield items, rows
+
+    def _write(self, path: Path, rows: Iterator[tuple[range, torch.Tensor]], progress: bool) -> None:
+        out = np.memmap(path, dtype=np.float16, mode="w+", shape=(self.num_items, self.row_size))
+        if progress:
+            from tqdm import tqdm
+
+            rows = tqdm(rows, desc=f"features {self.key.encoder} {path.stem}")
+        for items, block in rows:
+            out[items.start:items.stop] = block.numpy()
         out.flush()
         del out
 

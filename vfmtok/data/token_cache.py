@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vfmtok.distributed import barrier, is_main, ordered_map
+from vfmtok.distributed import mix64 as _mix
 from vfmtok.fileio import atomic_write, atomic_write_json, sha256_json
 from vfmtok.interface import Tokenizer
 
@@ -93,21 +95,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _tokenize_into(tokenizer: Tokenizer, images: torch.Tensor, path: Path, dtype: np.dtype, flip: bool,
-                   batch_size: int) -> None:
-    n, length, k = images.shape[0], tokenizer.spec.num_tokens, tokenizer.spec.codebook_size
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, length))
-    for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
+def _tokenize(tokenizer: Tokenizer, images: torch.Tensor, flip: bool, batch_size: int) -> np.ndarray:
+    """int32 [N, L] indices of ``images`` (mirrored with ``flip``), computed by every rank on its chunks."""
+    length, k = tokenizer.spec.num_tokens, tokenizer.spec.codebook_size
+
+    def chunk(items: range) -> tuple[torch.Tensor]:
+        batch = images[items.start:items.stop]
         tokens = tokenizer.tokenize(batch.flip(-1) if flip else batch).cpu()  # int64 [b, L]
-        if tokens.shape != (batch.shape[0], length):
+        if tokens.shape != (len(items), length):
             raise ValueError(f"{tokenizer.spec.name} returned tokens {tuple(tokens.shape)}, "
-                             f"expected ({batch.shape[0]}, {length})")
+                             f"expected ({len(items)}, {length})")
         if int(tokens.min()) < 0 or int(tokens.max()) >= k:
             raise ValueError(f"{tokenizer.spec.name} returned indices outside [0, {k})")
-        out[start:start + batch.shape[0]] = tokens.numpy().astype(dtype)
-    out.flush()
-    del out
+        return (tokens.to(torch.int32),)  # half the bytes to gather
+
+    return ordered_map(chunk, images.shape[0], batch_size)[0].numpy()
 
 
 def build_token_cache(tokenizer: Tokenizer, images_u8: torch.Tensor, labels: torch.Tensor, out_dir: str | Path, *,
@@ -115,7 +117,8 @@ def build_token_cache(tokenizer: Tokenizer, images_u8: torch.Tensor, labels: tor
     """Tokenize ``images_u8`` uint8 [N, 3, H, W] (and their mirror images with ``flip``) into ``out_dir``.
 
     ``key`` (JSON-serialisable) says what the tokens depend on; an existing cache with the same key, tokenizer
-    and flip setting is returned as is, anything else is rebuilt.
+    and flip setting is returned as is, anything else is rebuilt. Under ``torchrun`` every rank tokenizes its
+    chunks and rank 0 writes the files, byte-identical to a one-process build.
     """
     out_dir = Path(out_dir)
     spec = tokenizer.spec
@@ -134,42 +137,43 @@ def build_token_cache(tokenizer: Tokenizer, images_u8: torch.Tensor, labels: tor
     key = json.loads(json.dumps(key))  # canonical JSON form; raises on values JSON cannot hold
     identity = {"key": key, "tokenizer": spec.name, "spec": spec.to_dict(), "flip": bool(flip)}
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file():
+    if _is_built(meta_path, sha256_json(identity), n):
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("identity_sha256") == sha256_json(identity) and meta.get("num_items") == n:
-                return TokenCache(out_dir)
+            return TokenCache(out_dir)
         except (OSError, ValueError, KeyError):
-            pass  # unreadable or damaged: rebuild below
-        meta_path.unlink()  # from here on the directory no longer looks complete
+            pass  # damaged arrays: rebuild
+    barrier()  # every rank has checked before rank 0 removes a stale meta.json
+    if is_main():
+        meta_path.unlink(missing_ok=True)  # from here on the directory no longer looks complete
 
     dtype = disk_dtype(spec.codebook_size)
     variants = ["plain", "flip"] if flip else ["plain"]
     was_training = tokenizer.training
     tokenizer.eval()
     try:
-        for variant in variants:
-            atomic_write(out_dir / VARIANTS[variant],
-                         lambda p, v=variant: _tokenize_into(tokenizer, images_u8, p, dtype, v == "flip", batch_size))
+        arrays = {v: _tokenize(tokenizer, images_u8, v == "flip", batch_size).astype(dtype) for v in variants}
     finally:
         tokenizer.train(was_training)
-    atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels.to(torch.int64).numpy()))
-    atomic_write_json(meta_path, {
-        "format_version": FORMAT_VERSION, "tokenizer": spec.name, "spec": spec.to_dict(), "key": key,
-        "identity_sha256": sha256_json(identity), "num_items": n, "num_tokens": spec.num_tokens,
-        "dtype": dtype.name, "variants": variants, "content_sha256": _content_hash(out_dir, variants),
-    })
+    if is_main():
+        for variant, array in arrays.items():
+            atomic_write(out_dir / VARIANTS[variant], lambda p, a=array: _save_npy(p, a))
+        atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels.to(torch.int64).numpy()))
+        atomic_write_json(meta_path, {
+            "format_version": FORMAT_VERSION, "tokenizer": spec.name, "spec": spec.to_dict(), "key": key,
+            "identity_sha256": sha256_json(identity), "num_items": n, "num_tokens": spec.num_tokens,
+            "dtype": dtype.name, "variants": variants, "content_sha256": _content_hash(out_dir, variants),
+        })
+    barrier()
     return TokenCache(out_dir)
 
 
-def _mix(*values: int) -> int:
-    """A 64-bit integer hash (splitmix64 steps) of ``values``."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x
+def _is_built(meta_path: Path, identity_sha256: str, n: int) -> bool:
+    """Whether ``meta_path`` describes a complete cache of this identity and size."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        return meta.get("identity_sha256") == identity_sha256 and meta.get("num_items") == n
+    except (OSError, ValueError, AttributeError):
+        return False  # missing, unreadable or damaged: rebuild
 
 
 class TokenDataset(Dataset):

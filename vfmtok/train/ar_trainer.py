@@ -5,11 +5,14 @@ dimensions only; linear warm-up then a constant or cosine LR; gradient clipping;
 bf16 autocast on CUDA only. Checkpoints are atomic and hold everything needed for an exact resume (weights,
 optimizer, EMA, RNG states, the data position is the step). A NaN/inf loss or gradient norm stops training with
 :class:`~vfmtok.train.common.NonFiniteLossError` and leaves the last good checkpoint in place. Under
-``torch.distributed`` every rank reads its slice of each global batch and only rank 0 writes.
+``torchrun`` (a process group initialised, e.g. by :func:`vfmtok.distributed.init_from_env`) the model is wrapped
+in DistributedDataParallel, every rank trains on its slice of each global batch (in ``grad_accum`` micro-batches,
+so the global batch does not depend on the world size) and only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from vfmtok.distributed import barrier, local_device, mean_across_ranks, rank_world, unwrap, wrap_ddp
 from vfmtok.fileio import atomic_torch_save, atomic_write_json
 from vfmtok.train.common import (
     EMA,
@@ -29,10 +33,12 @@ from vfmtok.train.common import (
     NonFiniteLossError,
     ResumableOrder,
     autocast_context,
+    capture_rank_rng_states,
     capture_rng_state,
     check_finite,
     lr_at,
     progress_bar,
+    restore_rank_rng_state,
     restore_rng_state,
     seed_everything,
 )
@@ -46,6 +52,7 @@ class ARTrainConfig:
 
     steps: int = 1000
     batch_size: int = 64  # global batch (split across ranks)
+    grad_accum: int = 1  # micro-batches per rank and step
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
@@ -76,16 +83,6 @@ class ARTrainResult:
     checkpoint_dir: Path | None = None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class _ARTrainer:
     def __init__(self, model: nn.Module, dataset: Dataset, cfg: ARTrainConfig, out_dir: Path,
                  eval_hook: EvalHook | None) -> None:
@@ -93,14 +90,16 @@ class _ARTrainer:
             raise ValueError("need steps >= 0 and positive batch_size, log_every and checkpoint_every")
         if cfg.schedule not in ("constant", "cosine"):
             raise ValueError(f"LR schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
-        self.rank, self.world = _rank_world()
-        if cfg.batch_size % self.world:
-            raise ValueError(f"batch size {cfg.batch_size} is not divisible by the world size {self.world}")
-        self.model, self.core, self.dataset, self.cfg = model, _unwrap(model), dataset, cfg
+        self.rank, self.world = rank_world()
+        if cfg.grad_accum <= 0 or cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size {self.world} x grad_accum "
+                             f"{cfg.grad_accum}")
+        self.core, self.dataset, self.cfg = unwrap(model), dataset, cfg
         self.out_dir, self.eval_hook = out_dir, eval_hook
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(local_device(cfg.device))
         seed_everything(cfg.seed + self.rank)  # ranks draw different dropout masks
-        self.model.to(self.device).train()
+        self.core.to(self.device).train()
+        self.model = model if model is not self.core else wrap_ddp(self.core, self.device)
         params = [(n, p) for n, p in self.core.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -119,7 +118,7 @@ class _ARTrainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
-                "ema_state": self.ema.state_dict() if self.ema else None, "rng": capture_rng_state(),
+                "ema_state": self.ema.state_dict() if self.ema else None, "rng": capture_rank_rng_states(),
                 "history": self.history, "evals": self.evals, "window": self.window,
                 "config": dataclasses.asdict(self.cfg), "gpt_config": self._gpt_config()}
 
@@ -138,7 +137,7 @@ class _ARTrainer:
         self.opt.load_state_dict(state["optimizer"])
         if self.ema and state["ema_state"]:
             self.ema.load_state_dict(state["ema_state"])
-        restore_rng_state(state["rng"])
+        restore_rank_rng_state(state["rng"], self.cfg.seed, state["step"])
         self.step, self.history, self.evals, self.window = (state["step"], state["history"], state["evals"],
                                                            state["window"])
 
@@ -160,12 +159,19 @@ class _ARTrainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         tokens, labels = self._batch()
-        with autocast_context(self.device):
-            logits = self.model(tokens, labels)  # [B, L, K]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-        check_finite({"ce": loss}, self.step)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = list(zip(tokens.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum)))
+        losses = []
+        for i, (tok, lab) in enumerate(parts):
+            last = i == len(parts) - 1
+            sync = contextlib.nullcontext() if last or self.model is self.core else self.model.no_sync()
+            with sync:
+                with autocast_context(self.device):
+                    logits = self.model(tok, lab)  # [b, L, K]
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tok.reshape(-1))
+                check_finite({"ce": loss}, self.step)
+                (loss / len(parts)).backward()
+            losses.append(float(loss.detach()))
         if cfg.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(self.core.parameters(), cfg.grad_clip)
             if not math.isfinite(float(norm)):
@@ -174,7 +180,7 @@ class _ARTrainer:
         self.opt.step()
         if self.ema:
             self.ema.update(self.core)
-        return float(loss.detach())
+        return mean_across_ranks({"ce": sum(losses) / len(losses)})["ce"]  # the global batch's loss
 
     def _evaluate(self) -> None:
         rng = capture_rng_state()  # evaluation must not perturb the training trajectory
@@ -211,6 +217,7 @@ class _ARTrainer:
         bar.close()
         final = self.history[-1]["loss"] if self.history else float("nan")
         path = self._export() if self.step >= cfg.steps else None
+        barrier()  # the exported files exist for every rank once fit returns
         return ARTrainResult(self.step, final, self.history, self.evals, path, self.ckpt.directory)
 
     def _export(self) -> Path:
@@ -227,7 +234,7 @@ class _ARTrainer:
 
 def train_ar(model: nn.Module, dataset: Dataset, cfg: ARTrainConfig, out_dir: str | Path, *,
              eval_hook: EvalHook | None = None, stop_after: int | None = None) -> ARTrainResult:
-    """Train ``model`` (a GPT, possibly DDP-wrapped) on ``dataset`` items ``(tokens int64 [L], label)``.
+    """Train ``model`` (a GPT; wrapped in DDP under torchrun) on ``dataset`` items ``(tokens int64 [L], label)``.
 
     Resumes from the latest checkpoint under ``out_dir/checkpoints``. ``eval_hook(step, model) -> dict`` runs
     every ``cfg.eval_every`` steps and at the last step, on the EMA weights when EMA is on, in eval mode and

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vfmtok.distributed import all_gather_objects, derive_seed, rank_world
 from vfmtok.fileio import atomic_torch_save, atomic_write_text
 
 
@@ -46,6 +47,26 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture_rank_rng_states() -> list[dict[str, Any]]:
+    """Every rank's :func:`capture_rng_state`, in rank order (a collective under ``torchrun``)."""
+    return all_gather_objects(capture_rng_state())
+
+
+def restore_rank_rng_state(states: list[dict[str, Any]] | dict[str, Any], seed: int, step: int) -> None:
+    """Restore this rank's generators from :func:`capture_rank_rng_states`.
+
+    A checkpoint of the same world size resumes every rank's random stream exactly; one written by another
+    world size (or a single-process state dict) cannot, so each rank is reseeded from ``(seed, rank, step)``.
+    """
+    rank, world = rank_world()
+    if isinstance(states, Mapping):
+        states = [states]
+    if len(states) == world:
+        restore_rng_state(states[rank])
+    else:
+        seed_everything(derive_seed(seed, rank, step))
 
 
 class EMA:
