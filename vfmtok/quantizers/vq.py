@@ -6,6 +6,10 @@ Covers both conventions the compared tokenizers use:
   ``codebook = mse(z_q, sg z)``, ``commit = beta * mse(sg z_q, z)``.
 * taming VQGAN: no normalisation, and the legacy beta placement (``legacy_beta=True``):
   ``codebook = beta * mse(z_q, sg z)``, ``commit = mse(sg z_q, z)``.
+
+Optionally (``entropy_weight > 0``; 0 in every official recipe) LlamaGen's entropy term
+``H(mean_i p_i)`` subtracted from ``mean_i H(p_i)``, with ``p_i = softmax(-||z_i - e_k||^2 / T)``: confident
+assignments that spread over the codebook, against codebook collapse in short runs.
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ class VectorQuantizer(nn.Module):
         legacy_beta: taming's placement of ``beta`` on the codebook term instead of the commitment term.
         usage_buffer: length of the ``codebook_used`` FIFO of recent indices kept by the official LlamaGen and
             VFMTok modules (0 = none). It exists for checkpoint parity; metrics never read it.
+        entropy_weight: weight of the entropy term (``losses["entropy"]``; 0 = off, the official setting).
+        entropy_temperature: its softmax temperature on squared distances (LlamaGen: 0.01).
     """
 
     def __init__(self, num_codes: int, dim: int, *, l2_norm: bool = True, beta: float = 0.25,
-                 legacy_beta: bool = False, usage_buffer: int = 0) -> None:
+                 legacy_beta: bool = False, usage_buffer: int = 0, entropy_weight: float = 0.0,
+                 entropy_temperature: float = 0.01) -> None:
         super().__init__()
         self.num_codes, self.dim, self.l2_norm = num_codes, dim, l2_norm
+        self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
         self.beta, self.legacy_beta = beta, legacy_beta
         self.embedding = nn.Embedding(num_codes, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_codes, 1.0 / num_codes)
@@ -90,9 +98,21 @@ class VectorQuantizer(nn.Module):
                 losses = {"codebook": self.beta * codebook_term, "commit": commit_term}
             else:
                 losses = {"codebook": codebook_term, "commit": self.beta * commit_term}
+            if self.entropy_weight > 0:
+                losses["entropy"] = self.entropy_weight * self._entropy_term(z.reshape(b * n, d))
             self._record_usage(indices)
         z_q = z + (z_q - z).detach()  # straight-through; equals the code exactly in value
         return QuantizerOutput(quantized=z_q, indices=indices, losses=losses)
+
+    def _entropy_term(self, z: torch.Tensor) -> torch.Tensor:
+        """mean per-token entropy minus the entropy of the mean assignment, for z float [N, D]."""
+        codes = self.codes()
+        dist = z.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1) - 2.0 * z @ codes.t()  # [N, K]
+        log_p = F.log_softmax(-dist / self.entropy_temperature, dim=-1)
+        p = log_p.exp()
+        per_token = -(p * log_p).sum(-1).mean()
+        mean_p = p.mean(0)
+        return per_token + (mean_p * torch.log(mean_p + 1e-8)).sum()
 
     @torch.no_grad()
     def _record_usage(self, indices: torch.Tensor) -> None:

@@ -163,8 +163,8 @@ class _ARTrainer:
         parts = list(zip(tokens.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum)))
         losses = []
         for i, (tok, lab) in enumerate(parts):
-            last = i == len(parts) - 1
-            sync = contextlib.nullcontext() if last or self.model is self.core else self.model.no_sync()
+            wrapped = self.model is not self.core
+            sync = self.model.no_sync() if wrapped and i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast_context(self.device):
                     logits = self.model(tok, lab)  # [b, L, K]

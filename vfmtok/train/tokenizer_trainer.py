@@ -180,8 +180,8 @@ class TokenizerTrainer:
         """Backward of ``loss_fn(part) -> (terms, extra)`` over micro-batches; gradients sync on the last only."""
         outputs = []
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            sync = contextlib.nullcontext() if last or ddp is self.model or ddp is self.disc else ddp.no_sync()
+            wrapped = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+            sync = ddp.no_sync() if wrapped and i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
                 terms, extra = loss_fn(*part)
                 (sum(terms.values()) / len(parts)).backward()
