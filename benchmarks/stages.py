@@ -69,12 +69,11 @@ class StageRunner:
             if is_main():
                 log.info("%-16s %-28s cached (%s)", stage, label, folder.name)
             return result
-        barrier()  # every rank has seen that the stage must run
         if is_main():
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / "inputs.json", inputs)
             log.info("%-16s %-28s running (%s)", stage, label, folder.name)
-        barrier()
+        barrier()  # the folder exists, and every rank has seen that the stage must run
         if collective or is_main():
             start = time.perf_counter()
             result = fn(folder)

@@ -12,6 +12,7 @@ the function's result for a chunk depends on the chunk alone (seed its randomnes
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +80,12 @@ def wrap_ddp(model: nn.Module, device: torch.device | str, find_unused_parameter
     device = torch.device(device)
     ids = [device] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def sync_on_last(model: nn.Module, micro_batch: int, micro_batches: int) -> contextlib.AbstractContextManager:
+    """Gradient accumulation: DDP's ``no_sync()`` for every micro-batch but the last (a no-op when unwrapped)."""
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    return model.no_sync() if wrapped and micro_batch < micro_batches - 1 else contextlib.nullcontext()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

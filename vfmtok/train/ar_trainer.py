@@ -12,7 +12,6 @@ so the global batch does not depend on the world size) and only rank 0 writes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -25,7 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from vfmtok.distributed import barrier, local_device, mean_across_ranks, rank_world, unwrap, wrap_ddp
+from vfmtok.distributed import (
+    barrier,
+    local_device,
+    mean_across_ranks,
+    rank_world,
+    sync_on_last,
+    unwrap,
+    wrap_ddp,
+)
 from vfmtok.fileio import atomic_torch_save, atomic_write_json
 from vfmtok.train.common import (
     EMA,
@@ -163,9 +170,7 @@ class _ARTrainer:
         parts = list(zip(tokens.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum)))
         losses = []
         for i, (tok, lab) in enumerate(parts):
-            wrapped = self.model is not self.core
-            sync = self.model.no_sync() if wrapped and i < len(parts) - 1 else contextlib.nullcontext()
-            with sync:
+            with sync_on_last(self.model, i, len(parts)):
                 with autocast_context(self.device):
                     logits = self.model(tok, lab)  # [b, L, K]
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tok.reshape(-1))

@@ -8,7 +8,6 @@ EMA, checkpoints with exact resume and the finite-loss guard.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vfmtok.distributed import barrier, local_device, mean_across_ranks, rank_world, wrap_ddp
+from vfmtok.distributed import barrier, local_device, mean_across_ranks, rank_world, sync_on_last, wrap_ddp
 from vfmtok.fileio import atomic_write_json
 from vfmtok.images import to_model_range
 from vfmtok.interface import Tokenizer
@@ -180,9 +179,7 @@ class TokenizerTrainer:
         """Backward of ``loss_fn(part) -> (terms, extra)`` over micro-batches; gradients sync on the last only."""
         outputs = []
         for i, part in enumerate(parts):
-            wrapped = isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
-            sync = ddp.no_sync() if wrapped and i < len(parts) - 1 else contextlib.nullcontext()
-            with sync:
+            with sync_on_last(ddp, i, len(parts)):
                 terms, extra = loss_fn(*part)
                 (sum(terms.values()) / len(parts)).backward()
             outputs.append(({k: v.detach() for k, v in terms.items()}, extra))
