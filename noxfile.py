@@ -5,7 +5,7 @@ All sessions share one environment under ``.nox/shared`` (created on first use, 
 multiply set-up time and disk use for no benefit.
 
     nox -s tests      unit + contract tests (CPU)
-    nox -s bench      regenerate results/ with the `quick` preset (overrides after --)
+    nox -s bench      regenerate results/ with the `quick` preset (overrides after --; `-- --help` lists them)
     nox -s regress    run the `smoke` preset and compare with results/baselines/smoke.json
     nox -s perf       throughput benchmarks (pytest-benchmark)
     nox -s lint       ruff

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from baselines.grid_vq import GridVQTokenizer
-from vfmtok.checkpoint import OFFICIAL_LOADERS, CheckpointKeyError, load_state_dict_strict, read_checkpoint
+from vfmtok.checkpoint import (
+    OFFICIAL_LOADERS,
+    CheckpointKeyError,
+    check_family,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    select_weights,
+    tag_loaded,
+)
 from vfmtok.factory import create_tokenizer, register_tokenizer
 
 #: official configurations (spec: LlamaGen tokenizer_image/vq_model.py factories)
@@ -48,17 +56,25 @@ def test_llamagen_vq(**overrides: Any) -> GridVQTokenizer:
                     "ch_mult": (1, 2, 2), "num_res_blocks": 1, "z_channels": 16, "norm_groups": 8, **overrides})
 
 
-def load_llamagen_vq(path: str | Path, name: str | None = None, container: str | None = None,
-                     **overrides: Any) -> GridVQTokenizer:
+def load_llamagen_vq(path: str | Path, name: str | None = None, container: str | None = None, *,
+                     weights: str | None = None, **overrides: Any) -> GridVQTokenizer:
     """Load a released LlamaGen tokenizer (``vq_ds16_c2i.pt`` / ``vq_ds8_c2i.pt``).
 
-    Weights are read from ``container`` if given, else from ``model`` (what LlamaGen's sampling and
-    code-extraction scripts load), then ``ema``, then ``state_dict``. ``name`` defaults to VQ-16 or VQ-8 from the key
-    layout; ``overrides`` (e.g. ``image_size=384``) go to the registry entry. ``quantize.codebook_used`` may be
-    present or absent.
+    ``weights=None`` reads ``model``, as LlamaGen's sampling and code-extraction scripts do (spec 1.7); ``"ema"``
+    / ``"model"`` choose explicitly; ``container`` names any top-level key directly. ``name`` defaults to VQ-16
+    or VQ-8 from the key layout; ``overrides`` (e.g. ``image_size=384``) go to the registry entry.
+    ``quantize.codebook_used`` may be present or absent. The tokenizer records its source in ``loaded_weights``,
+    ``source_path`` and ``checkpoint_record``.
     """
-    containers = (container,) if container else ("model", "ema", "state_dict")
-    state = read_checkpoint(path, containers=containers)
+    ckpt = load_checkpoint_file(path)
+    check_family(ckpt, "llamagen_vq", path)
+    if container is not None:
+        if weights is not None:
+            raise ValueError("pass either container= or weights=, not both")
+        selected = select_weights(path, None, (container,), family="llamagen_vq", ckpt=ckpt)
+    else:
+        selected = select_weights(path, weights, ("model",), family="llamagen_vq", ckpt=ckpt)
+    state = selected.state
     if name is None:
         if "encoder.conv_in.weight" not in state:
             raise CheckpointKeyError(f"{path}: 'encoder.conv_in.weight' not found; not a LlamaGen VQ state dict "
@@ -68,7 +84,7 @@ def load_llamagen_vq(path: str | Path, name: str | None = None, container: str |
     model = create_tokenizer(name, **overrides)
     load_state_dict_strict(model, state, tolerated_extra=[USAGE_KEY], ignore_missing=lambda k: k == USAGE_KEY,
                            source=str(path))
-    return model.eval()
+    return tag_loaded(model.eval(), selected, "llamagen_vq")
 
 
 OFFICIAL_LOADERS.register("llamagen_vq", load_llamagen_vq)

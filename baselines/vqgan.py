@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from baselines.grid_vq import GridVQTokenizer
-from vfmtok.checkpoint import OFFICIAL_LOADERS, CheckpointKeyError, load_state_dict_strict, read_checkpoint
+from vfmtok.checkpoint import (
+    OFFICIAL_LOADERS,
+    CheckpointKeyError,
+    check_family,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    select_weights,
+    tag_loaded,
+)
 from vfmtok.factory import create_tokenizer, register_tokenizer
 
 #: the ImageNet f16 configuration of the released models (spec: vqgan_imagenet_f16_*.yaml)
@@ -68,13 +76,24 @@ def ours_to_taming(key: str, num_levels: int = 5) -> str:
     return key
 
 
-def load_vqgan(path: str | Path, name: str | None = None, **overrides: Any) -> GridVQTokenizer:
+def load_vqgan(path: str | Path, name: str | None = None, *, weights: str | None = None,
+               **overrides: Any) -> GridVQTokenizer:
     """Load a released taming VQGAN Lightning checkpoint (weights under ``state_dict``; ``loss.*`` dropped).
 
-    ``name`` defaults to ``vqgan_f16_k1024`` or ``vqgan_f16_k16384`` from the codebook shape; ``overrides`` go
-    to the registry entry.
+    taming keeps no EMA: ``weights`` may be None or ``"model"`` (both read ``state_dict``, as taming's
+    ``init_from_ckpt``); ``"ema"`` is an error. ``name`` defaults to ``vqgan_f16_k1024`` or ``vqgan_f16_k16384``
+    from the codebook shape; ``overrides`` go to the registry entry. The tokenizer records its source in
+    ``loaded_weights``, ``source_path`` and ``checkpoint_record``.
     """
-    raw = read_checkpoint(path, containers=("state_dict",))
+    ckpt = load_checkpoint_file(path)
+    check_family(ckpt, "vqgan", path)
+    if weights == "ema":
+        raise CheckpointKeyError(f"{path}: taming VQGAN checkpoints hold no EMA weights (top-level keys: "
+                                 f"{list(ckpt)}); use weights='model' or None")
+    if weights not in (None, "model"):
+        raise ValueError(f"weights must be 'model' or None for a taming VQGAN, got {weights!r}")
+    selected = select_weights(path, None, ("state_dict",), family="vqgan", ckpt=ckpt)
+    raw = selected.state
     if name is None:
         codes = raw.get("quantize.embedding.weight")
         if codes is None:
@@ -93,7 +112,7 @@ def load_vqgan(path: str | Path, name: str | None = None, **overrides: Any) -> G
         missing = [ours_to_taming(k, levels) for k in model.state_dict() if k not in state]
         hint = f"\n  missing, in taming names: {', '.join(missing[:20])}" if missing else ""
         raise CheckpointKeyError(f"{err}{hint}\n  (key names above are after the taming -> vfmtok remap)") from None
-    return model.eval()
+    return tag_loaded(model.eval(), selected, "vqgan")
 
 
 OFFICIAL_LOADERS.register("vqgan", load_vqgan)

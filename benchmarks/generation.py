@@ -45,8 +45,97 @@ def _sampling_throughput(model: torch.nn.Module, *, num_classes: int, device: to
     return rows
 
 
-def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str) -> tuple[list[Row], dict[str, Any]]:
-    """Token extraction, AR training (with gFID along the way) and the CFG sweep for one tokenizer."""
+def released_gpts(cfg: Any, alias: str) -> list[Any]:
+    """The released GPTs a run samples for tokenizer ``alias`` (``ar.released`` entries, or ``ar.official``)."""
+    from benchmarks.config import ReleasedGPTConfig
+
+    out = [g for g in cfg.ar.released if g.tokenizer == alias]
+    if cfg.ar.official:
+        out.append(ReleasedGPTConfig(tokenizer=alias, official=cfg.ar.official, checkpoint=cfg.ar.checkpoint,
+                                     protocol=cfg.ar.protocol or "project", cfg_scales=list(cfg.ar.cfg_scales),
+                                     table="ar.official"))
+    return out
+
+
+def _score_rows(res: dict[str, Any], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """Result rows of one :func:`vfmtok.evaluation.adm.evaluate_samples` call."""
+    n = res["n"]
+    rows = []
+    for metric, key, reason_key in (("gfid", "fid", None), ("sfid", "sfid", "sfid_reason"),
+                                    ("precision", "precision", "precision_recall_reason"),
+                                    ("recall", "recall", "precision_recall_reason"),
+                                    ("inception_score", "inception_score", "inception_score_reason")):
+        row = {"metric": metric, "value": res[key], "n": n, "setting": setting}
+        if res[key] is None:
+            row["reason"] = res.get(reason_key or "") or f"{metric} not computed"
+        rows.append(row)
+    return rows
+
+
+def run_released_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str,
+                            released: list[Any]) -> tuple[list[Row], dict[str, Any]]:
+    """Sample ``ar.num_samples`` images from each released GPT with its paper table's protocol (no training) and
+    score them against the ADM reference batch ``ar.reference`` (``vfmtok fid``'s evaluator)."""
+    from benchmarks.weights import DATA_ENV, WEIGHTS_ENV, resolve_file
+    from vfmtok import load_official
+    from vfmtok.ar.protocols import get_protocol
+    from vfmtok.assets import released_by_filename
+    from vfmtok.evaluation.adm import evaluate_samples
+    from vfmtok.evaluation.samples import SAMPLES_FILE, sample_to_npz
+
+    cfg, ar = plan.cfg, plan.cfg.ar
+    if not released:
+        return [Row(name, "gfid", None, reason="no released GPT for this tokenizer in the preset (ar.released); "
+                                               "streamed (ImageNet-scale) runs sample released GPTs only")], {}
+    if not ar.reference:
+        raise ValueError("ar.reference is empty: name the ADM reference batch (VIRTUAL_imagenet256_labeled.npz)")
+    reference = resolve_file(ar.reference, envs=(WEIGHTS_ENV, DATA_ENV))
+    rows: list[Row] = []
+    files: dict[str, str] = {}
+    for g in released:
+        protocol = get_protocol(g.protocol)
+        entries = released_by_filename(g.checkpoint)
+        ckpt_key = entries[0].key if len(entries) == 1 else None
+        scales = [float(s) for s in g.cfg_scales] or [protocol.cfg_scale_for(ckpt_key)]
+        inputs = {**key, "gpt": dataclasses.asdict(g), "protocol": protocol.to_dict(), "scales": scales,
+                  "num_samples": ar.num_samples, "seed": cfg.seed, "batch_size": ar.batch_size,
+                  "eval_size": ar.eval_size, "reference": ar.reference}
+
+        def sample_and_score(folder: Path, g: Any = g, protocol: Any = protocol, scales: list[float] = scales,
+                             ckpt_key: str | None = ckpt_key) -> dict[str, Any]:
+            gpt = load_official(g.official, resolve_file(g.checkpoint), weights=protocol.gpt_weights)
+            gpt = gpt.to(plan.device)
+            out_rows, out_files = [], {}
+            for scale in scales:
+                sampling = {**protocol.sampling_kwargs(ckpt_key), "cfg_scale": scale}
+                sub = folder / f"cfg{scale:g}"
+                sample_to_npz(gpt, tok, num=ar.num_samples, seed=cfg.seed, batch_size=ar.batch_size, out_dir=sub,
+                              labels=protocol.label_scheme, eval_size=ar.eval_size or None,
+                              precision=protocol.precision, provenance={"protocol": protocol.name, "table": g.table},
+                              **sampling)
+                if is_main():  # scoring runs once; the other ranks wait at the stage barrier
+                    res = evaluate_samples(sub / SAMPLES_FILE, reference, batch_size=64, device=plan.device)
+                    setting = {"cfg_scale": scale, "gpt": Path(g.checkpoint).name, "protocol": protocol.name,
+                               "gpt_weights": getattr(gpt, "loaded_weights", protocol.gpt_weights), "table": g.table}
+                    out_rows += _score_rows(res, setting)
+                    out_files[f"{Path(g.checkpoint).stem}@cfg{scale:g}"] = str(Path(sub.name) / SAMPLES_FILE)
+            return {"rows": out_rows, "files": out_files, "ar_model": getattr(gpt, "registry_name", None)}
+
+        result = plan.runner.run("generate", inputs, sample_and_score, f"{name}/{Path(g.checkpoint).name}",
+                                 collective=True)
+        folder = plan.runner.path("generate", inputs)
+        rows += [Row(name, ar_model=result.get("ar_model"), **r) for r in result["rows"]]
+        files.update({k: str(folder / v) for k, v in result["files"].items()})
+    return rows, {"samples_npz": files}
+
+
+def run_generation(plan: Any, tok: Tokenizer, key: dict[str, Any], name: str,
+                   alias: str | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """Token extraction, AR training (with gFID along the way) and the CFG sweep for one tokenizer; with released
+    GPTs for ``alias`` (or streamed data) :func:`run_released_generation` instead."""
+    released = released_gpts(plan.cfg, alias) if alias is not None else []
+    if released or plan.data.stream:
+        return run_released_generation(plan, tok, key, name, released)
     from vfmtok.ar import load_gpt_checkpoint
     from vfmtok.data.token_cache import build_token_cache
 

@@ -32,6 +32,7 @@ METRICS: dict[str, MetricInfo] = {
     "semantic_loss": MetricInfo("semantic loss", False, "", 4),
     "probe_top1": MetricInfo("probe top-1", True, "%", 2),
     "gfid": MetricInfo("gFID", False, "", 2),
+    "sfid": MetricInfo("sFID", False, "", 2),
     "inception_score": MetricInfo("IS", True, "", 2),
     "precision": MetricInfo("precision", True, "", 3),
     "recall": MetricInfo("recall", True, "", 3),

@@ -23,6 +23,7 @@ from vfmtok.data import ArrayDataset, build_dataset, cifar10
 from vfmtok.data.feature_cache import CachedFeatureDataset, build_feature_cache
 from vfmtok.distributed import is_main, local_device
 from vfmtok.encoders.base import FrozenEncoder
+from vfmtok.fileio import sha256_json
 from vfmtok.images import resize_uint8, to_model_range
 from vfmtok.interface import Tokenizer
 from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
@@ -33,16 +34,24 @@ GRID_SAMPLES = 16  # images kept per tokenizer for the figures
 # --------------------------------------------------------------------------------------------- data
 @dataclass
 class Data:
-    """The image sets of a run (uint8 arrays) and their content fingerprints."""
+    """The image sets of a run (uint8 arrays) and their content fingerprints.
+
+    With ``data.stream`` (ImageNet scale) ``eval`` is a lazily decoded dataset at ``data.image_size`` and there is
+    no training data (``train`` / ``probe_train`` None): released weights are evaluated, nothing is trained.
+    """
 
     name: str
-    train: ArrayDataset
-    eval: ArrayDataset
-    probe_train: ArrayDataset
+    train: ArrayDataset | None
+    eval: Any  # ArrayDataset, or a lazy dataset of (uint8 [3, S, S], label) when streaming
+    probe_train: ArrayDataset | None
     fingerprints: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Data section of the record."""
+        if self.stream:
+            return {"name": self.name, "fingerprints": self.fingerprints, "stream": True,
+                    "sizes": {"eval": len(self.eval)}, "sources": {"eval": str(getattr(self.eval, "source", ""))}}
         return {"name": self.name, "fingerprints": self.fingerprints,
                 "sizes": {"train": len(self.train), "eval": len(self.eval), "probe_train": len(self.probe_train)},
                 "sources": {"train": self.train.source, "eval": self.eval.source}}
@@ -51,6 +60,8 @@ class Data:
 def prepare_data(cfg: BenchConfig) -> Data:
     """Training subset (seeded), evaluation subset (first N of the held-out split in official order)."""
     d = cfg.data
+    if d.stream:
+        return _stream_data(cfg)
     if d.name == "cifar10":
         train_all, test = cifar10("train"), cifar10("test", order="official")
     else:  # an ImageFolder dataset under VFMTOK_DATA/<name>/{train,val}
@@ -66,8 +77,33 @@ def prepare_data(cfg: BenchConfig) -> Data:
     return data
 
 
+def _stream_data(cfg: BenchConfig) -> Data:
+    """The first ``data.eval_n`` images of ``VFMTOK_DATA/<name>/val``, read lazily (nothing decoded up front)."""
+    from vfmtok.assets import data_root
+    from vfmtok.data.stream import open_images
+
+    d = cfg.data
+    val = open_images(data_root() / d.name / "val", size=d.image_size)
+    if len(val) < d.eval_n:
+        raise ValueError(f"data.eval_n={d.eval_n} but {data_root() / d.name / 'val'} holds {len(val)} images")
+    fingerprint = sha256_json({"eval": _identity(val), "n": d.eval_n, "size": d.image_size})
+    return Data(d.name, None, val, None, {"eval": fingerprint}, stream=True)
+
+
+def _identity(ds: Any) -> Any:
+    """What identifies a lazily read dataset (its files), for stage keys."""
+    for attr in ("fingerprint", "identity"):
+        value = getattr(ds, attr, None)
+        if value is not None:
+            return value() if callable(value) else value
+    return {"source": str(getattr(ds, "source", type(ds).__name__)), "n": len(ds)}
+
+
 def _at_size(ds: ArrayDataset, size: int) -> ArrayDataset:
-    """``ds`` at ``size`` x ``size`` (ADM centre-crop resize policy) when it differs."""
+    """``ds`` at ``size`` x ``size`` (ADM centre-crop resize policy) when it differs; a lazily read subset (a
+    folder above the array-cache limit, :mod:`vfmtok.data.stream`) is decoded into memory here."""
+    if hasattr(ds, "to_arrays") and not isinstance(ds, ArrayDataset):
+        ds = ds.to_arrays()
     if ds.image_size == (size, size):
         return ds
     images = resize_uint8(torch.from_numpy(np.ascontiguousarray(ds.images)), size)
@@ -103,13 +139,18 @@ class Plan:
     # ------------------------------------------------------------------ tokenizer stages
     def train_tokenizer(self, run: TokenizerRunConfig) -> tuple[Path, dict[str, Any]]:
         """Train (or load) the tokenizer; return its save_pretrained folder and the stage result."""
-        inputs = {"run": dataclasses.asdict(run), "train": self.data.fingerprints["train"], "seed": self.cfg.seed,
+        if self.data.stream and not run.official:
+            raise ValueError(f"tokenizer {run.name!r}: data.stream=true evaluates released weights only; give it "
+                             "official=FAMILY and checkpoint=FILE")
+        inputs = {"run": dataclasses.asdict(run), "train": self.data.fingerprints.get("train"), "seed": self.cfg.seed,
                   "flip": self.cfg.data.flip, "device": self.cfg.device}
 
         def compute(folder: Path) -> dict[str, Any]:
             torch.manual_seed(self.cfg.seed)
             if run.official:
-                model = load_official(run.official, run.checkpoint)
+                from benchmarks.weights import resolve_file, resolved_overrides
+
+                model = load_official(run.official, resolve_file(run.checkpoint), **resolved_overrides(run.overrides))
                 if is_main():
                     model.save_pretrained(folder / "tokenizer")
                 return {"tokenizer_dir": "tokenizer", "history": [], "perceptual": "not trained here"}
@@ -151,7 +192,9 @@ class Plan:
         if trained.get("perceptual", "on") != "on":
             rows.append(Row(name, "lpips", None, reason=f"LPIPS unavailable: {trained['perceptual']}"))
         if self.cfg.suite.recon:
-            result, folder = self._stage("eval_recon", key, lambda f: self._eval_recon(tok, f), name)
+            recon = self._eval_recon_stream if self.data.stream else self._eval_recon
+            result, folder = self._stage("eval_recon", key, lambda f: recon(tok, f), name,
+                                         collective=self.data.stream)  # streamed: every rank takes its shards
             rows += _rows(name, result["rows"])
             self._fid.update(result.get("fid_info", {}))  # from the stage result: cached runs record it too
             artifacts.update({k: str(folder / v) for k, v in result["files"].items()})
@@ -165,17 +208,21 @@ class Plan:
         if self.cfg.suite.generation and tok.spec.is_discrete:
             from benchmarks.generation import run_generation
 
-            gen_rows, gen_artifacts = run_generation(self, tok, key, name)
+            gen_rows, gen_artifacts = run_generation(self, tok, key, name, alias=alias)
             rows += gen_rows
             artifacts.update(gen_artifacts)
         return TokenizerResult(spec, rows, artifacts)
 
-    def _stage(self, stage: str, key: dict[str, Any], fn: Any, label: str) -> tuple[dict[str, Any], Path]:
+    def _stage(self, stage: str, key: dict[str, Any], fn: Any, label: str,
+               collective: bool = False) -> tuple[dict[str, Any], Path]:
         inputs = {**key, "eval": self.data.fingerprints["eval"], "suite": dataclasses.asdict(self.cfg.suite)}
-        return self.runner.run(stage, inputs, fn, label), self.runner.path(stage, inputs)
+        return self.runner.run(stage, inputs, fn, label, collective=collective), self.runner.path(stage, inputs)
 
     def eval_images(self, tok: Tokenizer) -> torch.Tensor:
         """Evaluation images uint8 [N, 3, S, S] at the tokenizer's resolution."""
+        if self.data.stream:
+            raise ValueError("data.stream=true reads the evaluation images lazily: the probe and throughput stages "
+                             "need them in memory (set suite.probe=false suite.throughput=false)")
         return _at_size(self.data.eval, tok.spec.image_size).tensors()[0]
 
     # ------------------------------------------------------------------ stage bodies
@@ -201,6 +248,27 @@ class Plan:
         np.savez(folder / "grid_recon.npz", arr_0=tok.reconstruct(images[:GRID_SAMPLES]).permute(0, 2, 3, 1).numpy())
         return {"rows": rows, "files": {"real_npz": "grid.npz", "recon_npz": "grid_recon.npz"},
                 "fid_info": res.get("fid_info", {})}
+
+    def _eval_recon_stream(self, tok: Tokenizer, folder: Path) -> dict[str, Any]:
+        """Reconstruction metrics over the first ``data.eval_n`` images, streamed from disk at the tokenizer's size
+        (ADM centre crop), reconstructions written to ``recon.npz``."""
+        from vfmtok.assets import data_root
+        from vfmtok.data.stream import open_images
+        from vfmtok.evaluation.recon import evaluate_reconstruction_stream
+
+        size = tok.spec.image_size
+        dataset = self.data.eval if size == self.cfg.data.image_size else \
+            open_images(data_root() / self.cfg.data.name / "val", size=size)
+        res = evaluate_reconstruction_stream(tok, dataset, num=self.cfg.data.eval_n, batch_size=32,
+                                             device=self.device, out_dir=folder, fid=self.cfg.suite.fid)
+        n = res["n"]
+        rows = [{"metric": "psnr", "value": res["psnr"], "n": n}, {"metric": "ssim", "value": res["ssim"], "n": n}]
+        rows.append({"metric": "rfid", "value": res.get("rfid"), "n": n, "setting": {"image_size": size},
+                     **({} if res.get("rfid") is not None else {"reason": res.get("rfid_reason", "FID disabled")})})
+        if tok.spec.is_discrete and res.get("codebook_usage") is not None:
+            rows += [{"metric": "codebook_usage", "value": 100.0 * res["codebook_usage"], "n": n},
+                     {"metric": "codebook_perplexity", "value": res["codebook_perplexity"], "n": n}]
+        return {"rows": rows, "files": {"recon_npz": "recon.npz"}, "fid_info": res.get("fid_info", {})}
 
     def _probe(self, tok: Tokenizer) -> dict[str, Any]:
         from vfmtok.metrics.probe import extract_features, linear_probe

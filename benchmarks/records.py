@@ -8,9 +8,11 @@ otherwise orphan every record).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,15 @@ from typing import Any
 import torch
 
 from benchmarks.metric_info import info
+from vfmtok.checkpoint import code_version
 from vfmtok.distributed import rank_world
 from vfmtok.fileio import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
 RECORD_KEYS = {"schema_version", "run_id", "preset", "config", "code", "env", "seeds", "data", "fid",
                "tokenizers", "rows", "notes", "artifacts"}
+#: keys a record may carry: ``label`` names a run whose configuration differs from its preset
+OPTIONAL_KEYS = {"label"}
 ROW_KEYS = {"tokenizer", "ar_model", "metric", "setting", "value", "n", "higher_is_better", "reason"}
 
 
@@ -65,7 +70,7 @@ def make_run_id(config: dict[str, Any], package_version: str, data: dict[str, An
 def validate(record: dict[str, Any]) -> None:
     """Raise ValueError naming the first problem with a record."""
     missing = RECORD_KEYS - set(record)
-    extra = set(record) - RECORD_KEYS
+    extra = set(record) - RECORD_KEYS - OPTIONAL_KEYS
     if missing or extra:
         raise ValueError(f"record keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
     if record["schema_version"] != SCHEMA_VERSION:
@@ -79,20 +84,59 @@ def validate(record: dict[str, Any]) -> None:
 
 
 def build_record(*, run_id: str, preset: str, config: dict, code: dict, seeds: dict, data: dict, fid: dict,
-                 tokenizers: dict, rows: list[Row], notes: dict[str, str], artifacts: dict) -> dict[str, Any]:
-    """Assemble and validate a record."""
+                 tokenizers: dict, rows: list[Row], notes: dict[str, str], artifacts: dict,
+                 label: str | None = None) -> dict[str, Any]:
+    """Assemble and validate a record; ``label`` (when it differs from ``preset``) names a modified preset."""
     record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "preset": preset, "config": config,
               "code": code, "env": environment(), "seeds": seeds, "data": data, "fid": fid,
               "tokenizers": tokenizers, "rows": [asdict(r) for r in rows], "notes": notes, "artifacts": artifacts}
+    if label and label != preset:
+        record["label"] = label
     validate(record)
     return record
 
 
+def record_label(record: dict[str, Any]) -> str:
+    """The name of a record's rows in the tables: its label, or its preset when run as shipped."""
+    return record.get("label") or record["preset"]
+
+
+def code_state(*harness_dirs: str | Path) -> dict[str, Any]:
+    """:func:`~vfmtok.checkpoint.code_version`, with a ``dirty`` flag that ignores the files the harness writes.
+
+    Tracked files under ``harness_dirs`` (the committed tables and records under ``results/``) change with every
+    run; counting them would mark every second run of a clean checkout dirty.
+    """
+    code = code_version()
+    root = Path(__file__).resolve().parents[1]
+    ignored = []
+    for d in harness_dirs:
+        p = Path(d) if Path(d).is_absolute() else Path.cwd() / d
+        with contextlib.suppress(ValueError):
+            ignored.append(p.resolve().relative_to(root).as_posix())
+    if not code.get("git_sha") or not code.get("dirty"):
+        return code
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return code
+    code["dirty"] = dirty_outside(out, ignored)
+    return code
+
+
+def dirty_outside(porcelain: str, ignored: list[str]) -> bool:
+    """True when ``git status --porcelain`` output lists a changed file outside the ``ignored`` folders."""
+    folders = [i.rstrip("/") + "/" for i in ignored if i not in ("", ".")]
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in porcelain.splitlines() if len(line) > 3]
+    return any(not any(c.startswith(f) for f in folders) for c in changed)
+
+
 def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``runs/<run_id>/record.json`` atomically, replacing older records of the same preset."""
+    """Write ``runs/<run_id>/record.json`` atomically, replacing older records of the same label."""
     runs = Path(results_dir) / "runs"
     for old in runs.glob("*/record.json"):
-        if old.parent.name != record["run_id"] and json.loads(old.read_text()).get("preset") == record["preset"]:
+        if old.parent.name != record["run_id"] and record_label(json.loads(old.read_text())) == record_label(record):
             old.unlink()
             if not any(old.parent.iterdir()):
                 old.parent.rmdir()
@@ -106,4 +150,4 @@ def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
         rec = json.loads(path.read_text())
         validate(rec)
         records.append(rec)
-    return sorted(records, key=lambda r: (r["preset"], r["run_id"]))
+    return sorted(records, key=lambda r: (record_label(r), r["run_id"]))

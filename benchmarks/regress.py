@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.metric_info import info
+from vfmtok.errors import debug_environment, debug_requested, run_guarded
 from vfmtok.fileio import atomic_write_json
 
 BASELINE = Path("results/baselines/smoke.json")
@@ -77,23 +78,42 @@ def report(findings: list[Finding]) -> str:
     return f"REGRESSION in {len(bad)} of {len(findings)} metrics:\n" + "\n".join(lines) if bad else ""
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.regress`` (``nox -s regress -- ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.regress", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="`python -m benchmarks.run --help` lists the presets, tokenizers and "
+                                            "config keys the overrides can change.")
+    parser.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    parser.add_argument("--baseline", type=Path, default=BASELINE, help="baseline file")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also VFMTOK_DEBUG=1)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hydra overrides for the smoke preset")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run smoke, compare, print; return the exit status."""
+    """Run smoke, compare, print; return the exit status (2 with one line for a known error)."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or debug_requested()
+    with debug_environment(debug):
+        return run_guarded(lambda: _regress(args), prog="regress", debug=debug)
+
+
+def _regress(args: argparse.Namespace) -> int:
+    import logging
+
     from benchmarks.run import run_benchmark
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
-    parser.add_argument("--baseline", type=Path, default=BASELINE)
-    parser.add_argument("overrides", nargs="*", help="hydra overrides for the smoke preset")
-    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not args.update and not args.baseline.is_file():
+        raise FileNotFoundError(f"no baseline at {args.baseline}: run `python -m benchmarks.regress --update` first")
+    print(f"regress: running the smoke preset{' with ' + ' '.join(args.overrides) if args.overrides else ''} "
+          f"(every stage logs when it starts; cached stages are instant)", file=sys.stderr, flush=True)
     record = run_benchmark(["preset=smoke", *args.overrides], write_results=False)
     if args.update:
         atomic_write_json(args.baseline, baseline_from_record(record))
         print(f"baseline written: {args.baseline}")
         return 0
-    if not args.baseline.is_file():
-        print(f"no baseline at {args.baseline}: run `python -m benchmarks.regress --update` first", file=sys.stderr)
-        return 2
     findings = compare(json.loads(args.baseline.read_text()), record)
     text = report(findings)
     print(text or f"no regression: {len(findings)} metrics within tolerance of {args.baseline}")

@@ -17,7 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmarks.metric_info import info
-from benchmarks.records import load_records
+from benchmarks.records import load_records, record_label
 from vfmtok.fileio import atomic_write_text
 
 Setting = Callable[[dict[str, Any]], bool]
@@ -130,7 +130,21 @@ def _cell(rows: list[dict], col: Column, notes: _Footnotes) -> tuple[str, float 
     text = f"{r['value']:.{info(col.metric).decimals}f}"
     if col.metric == "gfid" and r["setting"].get("best_cfg"):
         text += f" (cfg {r['setting']['cfg_scale']:g})"
+    if col.metric in FID_METRICS and r["n"] is not None and r["n"] < FID_MIN_N:
+        text += f" {notes.mark(small_fid_note(r['n']))}"
     return text, r["value"]
+
+
+#: FIDs over fewer images than this carry a footnote: FID is biased upwards at small n (the published numbers
+#: use 50,000 samples), so such values compare only with others of the same n
+FID_MIN_N = 1000
+FID_METRICS = ("rfid", "gfid")
+
+
+def small_fid_note(n: int) -> str:
+    """The footnote of a FID computed over ``n`` < :data:`FID_MIN_N` images."""
+    return (f"FID over n = {n} images: below {FID_MIN_N:,} images FID is biased upwards and noisy; compare it only "
+            f"with FIDs over the same n, never with published (50,000-sample) values.")
 
 
 def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -147,7 +161,7 @@ def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.
                 continue
             counts = sorted({r["n"] for r in mine if r["n"] and any(r["metric"] == c.metric for c in spec.columns)})
             tspec = rec["tokenizers"].get(tok, {})
-            ident = {"preset": rec["preset"], "tokenizer": tok}
+            ident = {"preset": record_label(rec), "tokenizer": tok}
             if spec.by_ar_model:
                 ident["AR model"] = ar or "—"
             ident["tokens"] = str(tspec.get("num_tokens", "—"))
@@ -161,10 +175,11 @@ def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.
 
 def _record_notes(rec: dict, keys: tuple[str, ...]) -> list[str]:
     """The protocol footnotes of a record that a table with note ``keys`` carries."""
-    texts = [f"{rec['preset']}: {v}" for k, v in sorted(rec["notes"].items()) if k in keys]
+    label = record_label(rec)
+    texts = [f"{label}: {v}" for k, v in sorted(rec["notes"].items()) if k in keys]
     fid = rec.get("fid") or {}
     if "fid" in keys and fid.get("backend"):
-        texts.append(f"{rec['preset']}: FID backend {fid['backend']}, Inception weights sha256 "
+        texts.append(f"{label}: FID backend {fid['backend']}, Inception weights sha256 "
                      f"{str(fid.get('weights_sha256', ''))[:12]}…; n = images per number.")
     return texts
 

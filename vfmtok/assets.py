@@ -160,3 +160,81 @@ def torch_fidelity_inception_path(path: str | Path | None = None) -> Path | None
             return p
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return next((hub / n for n in TORCH_FIDELITY_WEIGHTS if (hub / n).is_file()), None)
+
+
+# ----------------------------------------------------------------------------- released weights
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ReleasedWeights:
+    """One published weights file the project loads (none of them is downloaded by the project).
+
+    ``family`` is the :func:`vfmtok.load_official` family (``dinov2`` for the encoder weights, which go to
+    ``encoder_pretrained=<file>``); ``published_at`` the release page; ``release_path`` the file's path inside
+    that release when it is not at its top; ``sha256`` None where no digest has been published or checked;
+    ``arch`` our registry name of the architecture; ``num_tokens`` the sequence length a GPT was trained on.
+    """
+
+    key: str
+    filename: str
+    family: str
+    published_at: str
+    sha256: str | None
+    note: str
+    release_path: str = ""
+    arch: str | None = None
+    num_tokens: int | None = None
+
+
+_TAMING = "https://github.com/CompVis/taming-transformers"
+_LLAMAGEN = "https://huggingface.co/FoundationVision/LlamaGen"
+_VFMTOK = "https://huggingface.co/yexiguafu/VFMTok"
+_DINOV2 = "https://github.com/facebookresearch/dinov2"
+DINOV2_FILE = "dinov2_vitl14_reg4_pretrain.pth"
+DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/{DINOV2_FILE}"
+
+
+def _released() -> dict[str, ReleasedWeights]:
+    entries = [
+        ReleasedWeights("taming_vqgan_f16_1024", "last.ckpt", "vqgan", _TAMING, None,
+                        "Lightning checkpoint, weights under 'state_dict'; linked from the README's model table",
+                        "vqgan_imagenet_f16_1024/ckpts/last.ckpt", "vqgan_f16_k1024"),
+        ReleasedWeights("taming_vqgan_f16_16384", "last.ckpt", "vqgan", _TAMING, None,
+                        "Lightning checkpoint, weights under 'state_dict'; linked from the README's model table",
+                        "vqgan_imagenet_f16_16384/ckpts/last.ckpt", "vqgan_f16_k16384"),
+        ReleasedWeights("llamagen_vq_ds16_c2i", "vq_ds16_c2i.pt", "llamagen_vq", _LLAMAGEN, None,
+                        "VQ-16; LlamaGen's scripts read 'model'", arch="llamagen_vq_f16_k16384"),
+        ReleasedWeights("llamagen_vq_ds8_c2i", "vq_ds8_c2i.pt", "llamagen_vq", _LLAMAGEN, None,
+                        "VQ-8; LlamaGen's scripts read 'model'", arch="llamagen_vq_f8_k16384"),
+        ReleasedWeights("vfmtok_tokenizer", "vfmtok-tokenizer.pt", "vfmtok", _VFMTOK, None,
+                        f"no backbone weights inside: pass encoder_pretrained=<{DINOV2_FILE}>; VFMTok's scripts "
+                        "read 'ema'", "DINOv2/tokenizer/vfmtok-tokenizer.pt", "vfmtok_dinov2_vitl14reg_l256_k16384"),
+        ReleasedWeights("dinov2_vitl14_reg4", DINOV2_FILE, "dinov2", _DINOV2, None,
+                        f"Meta's DINOv2-L/14 with 4 registers ({DINOV2_URL}); the frozen encoder of the VFMTok "
+                        "tokenizer, given as encoder_pretrained=<file>", arch="dinov2_vitl14_reg4"),
+    ]
+    for size, arch, res in [("B", "gpt_b", 256), ("B", "gpt_b", 384), ("L", "gpt_l", 256), ("L", "gpt_l", 384),
+                            ("XL", "gpt_xl", 384), ("XXL", "gpt_xxl", 384), ("3B", "gpt_3b", 384)]:
+        fsdp = size in ("XXL", "3B")
+        note = ("FSDP: the file is the state dict itself" if fsdp else "DDP: weights under 'model'") + \
+            f"; {res} px, VQ-16 tokens ({res // 16}x{res // 16})"
+        entries.append(ReleasedWeights(f"llamagen_c2i_{size.lower()}_{res}", f"c2i_{size}_{res}.pt", "llamagen_gpt",
+                                       _LLAMAGEN, None, note, arch=arch, num_tokens=(res // 16) ** 2))
+    for size, arch, epochs in [("B", "gpt_b", 300), ("L", "gpt_l", 300), ("XL", "gpt_xl", 200),
+                               ("XXL", "gpt_xxl", 200), ("2B", "gpt_2b", 200), ("3B", "gpt_3b", 200)]:
+        name = f"GPT-{size}-{epochs}e.pt"
+        entries.append(ReleasedWeights(f"vfmtok_gpt_{size.lower()}", name, "vfmtok_gpt", _VFMTOK, None,
+                                       "VFMTok's sampler reads 'ema'; 256 tokens in region-query order (16x16 RoPE)",
+                                       f"DINOv2/GPT-{size}/{name}", arch, 256))
+    return {e.key: e for e in entries}
+
+
+#: every released weights file the project knows, by key (sha256 None: no digest published or checked)
+RELEASED_WEIGHTS: dict[str, ReleasedWeights] = _released()
+
+
+def released_by_filename(path: str | Path) -> list[ReleasedWeights]:
+    """The released files whose name equals ``path``'s file name (several for taming's ``last.ckpt``)."""
+    name = Path(path).name
+    return [e for e in RELEASED_WEIGHTS.values() if e.filename == name]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,13 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
-#: official-checkpoint loaders by family: ``fn(path, name=None) -> Tokenizer``
+#: official-checkpoint loaders by family: ``fn(path, *, weights=None, **kwargs) -> nn.Module``
 OFFICIAL_LOADERS: Registry[Callable[..., nn.Module]] = Registry("official checkpoint family")
+
+#: the two sets of weights a released training file can hold: the trained weights and their EMA
+WEIGHTS_CHOICES = ("model", "ema")
+#: containers that hold the trained (non-EMA) weights; ``""`` stands for a file that is itself the state dict
+MODEL_CONTAINERS = ("model", "module", "state_dict", "")
 
 
 class CheckpointKeyError(KeyError):
@@ -52,11 +58,13 @@ def load_state_dict_strict(
     tolerated_extra: Iterable[str] = (),
     ignore_missing: Callable[[str], bool] | None = None,
     source: str = "state dict",
+    assign: bool = False,
 ) -> None:
     """Load ``state`` into ``module``, raising :class:`CheckpointKeyError` that names every problem.
 
     ``tolerated_extra`` are keys (or fnmatch patterns) that may be present in ``state`` and are dropped;
     ``ignore_missing(key)`` says which of the module's keys may be absent (e.g. a frozen backbone).
+    ``assign`` makes the module's tensors the given ones (for a module built on the meta device).
     """
     import fnmatch
 
@@ -74,14 +82,11 @@ def load_state_dict_strict(
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
                 lines.append(f"  {len(keys)} {title}: {shown}")
         raise CheckpointKeyError("\n".join(lines))
-    module.load_state_dict(state, strict=False)
+    module.load_state_dict(state, strict=False, assign=assign)
 
 
-def read_checkpoint(path: str | Path, containers: Iterable[str] = ("ema", "model", "state_dict")) -> dict:
-    """Read a ``torch.save`` file and return the first state dict found under ``containers``.
-
-    A file that is itself a flat state dict (tensor values) is returned as is.
-    """
+def load_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load`` a checkpoint file onto the CPU; a clear error when it is absent or not a dict checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -91,10 +96,23 @@ def read_checkpoint(path: str | Path, containers: Iterable[str] = ("ema", "model
         raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from e
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def read_checkpoint(path: str | Path, containers: Iterable[str] = ("ema", "model", "state_dict")) -> dict:
+    """Read a ``torch.save`` file and return the first state dict found under ``containers``.
+
+    A file that is itself a flat state dict (tensor values) is returned as is.
+    """
+    ckpt = load_checkpoint_file(path)
     for key in containers:
         if isinstance(ckpt.get(key), dict):
             return ckpt[key]
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    if _is_state_dict(ckpt):
         return ckpt
     raise CheckpointKeyError(f"{path}: no state dict under any of {list(containers)}; top-level keys: {list(ckpt)}")
 
@@ -115,22 +133,144 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
 
 def from_pretrained(directory: str | Path, **overrides: Any) -> nn.Module:
     """Rebuild a tokenizer saved by :func:`save_pretrained` and load its weights."""
-    from vfmtok.factory import create_tokenizer
+    from vfmtok.factory import create_tokenizer, loading_weights
 
     directory = Path(directory)
     cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: expected a directory written by save_pretrained")
-    cfg = json.loads(cfg_path.read_text())
-    model = create_tokenizer(cfg["name"], **{**cfg["kwargs"], **overrides})
-    model.load_trainable_state_dict(load_file(str(weights_path)))
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        name, kwargs = cfg["name"], cfg["kwargs"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path} is damaged ({type(e).__name__}: {e}); expected the config.json written "
+                         "by save_pretrained: save the tokenizer again") from e
+    with loading_weights():
+        model = create_tokenizer(name, **{**kwargs, **overrides})
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type without the path
+        raise ValueError(f"{weights_path} is damaged or not a safetensors file ({e}); save the tokenizer "
+                         "again") from e
+    try:
+        model.load_trainable_state_dict(state)
+    except CheckpointKeyError as e:
+        raise CheckpointKeyError(f"{weights_path}: {e}") from e
     return model.eval()
 
 
-def load_official(family: str, path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a released checkpoint of ``family`` (``vqgan``, ``llamagen_vq``, ``vfmtok``, ...) into our modules."""
-    from vfmtok.factory import ensure_families_loaded
+# ----------------------------------------------------------------------------- released checkpoints
+@dataclass
+class SelectedWeights:
+    """The state dict chosen from a checkpoint file and where it came from.
+
+    ``weights`` is ``"ema"`` or ``"model"`` (the trained, non-EMA weights, or a container that does not say);
+    ``container`` is the file's top-level key it was read from, ``""`` when the file is itself the state dict.
+    ``extra`` holds the file's other top-level entries (``args``, ``steps``, ...).
+    """
+
+    state: dict[str, torch.Tensor]
+    weights: str
+    container: str
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, family: str) -> dict[str, str]:
+        """The facts a result record keeps about these weights."""
+        return {"family": family, "path": str(self.path), "weights": self.weights,
+                "container": self.container or "(whole file)"}
+
+
+def _describe_keys(ckpt: dict) -> str:
+    if _is_state_dict(ckpt):
+        return f"the file is a flat state dict of {len(ckpt)} tensors (first: {list(ckpt)[:3]})"
+    return f"its top-level keys are {list(ckpt)}"
+
+
+def select_weights(path: str | Path, weights: str | None, default: Sequence[str], *, family: str,
+                   ckpt: dict | None = None) -> SelectedWeights:
+    """Choose the state dict of a released training file.
+
+    ``weights=None`` takes the first of ``default`` present in the file: the containers the family's own
+    sampling or evaluation script reads, in its order (``""`` = the file is itself the state dict).
+    ``"ema"`` takes the ``ema`` container; ``"model"`` the trained weights (``model``, ``module``, ``state_dict``,
+    or a flat file). A file lacking the requested weights raises :class:`CheckpointKeyError` naming the file
+    and the keys it has.
+    """
+    path = Path(path)
+    if weights is not None and weights not in WEIGHTS_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHTS_CHOICES} or None (the {family} default), got {weights!r}")
+    ckpt = load_checkpoint_file(path) if ckpt is None else ckpt
+    order = tuple(default) if weights is None else ("ema",) if weights == "ema" else MODEL_CONTAINERS
+    for key in order:
+        if key == "" and _is_state_dict(ckpt):
+            return SelectedWeights(ckpt, "model", "", path)
+        if key and isinstance(ckpt.get(key), dict):
+            extra = {k: v for k, v in ckpt.items() if not isinstance(v, dict) or not _is_state_dict(v)}
+            return SelectedWeights(ckpt[key], "ema" if key == "ema" else "model", key, path, extra)
+    wanted = " / ".join(repr(k) if k else "a flat state dict" for k in order)
+    if weights is None:
+        other = [w for w in WEIGHTS_CHOICES
+                 if any((k == "" and _is_state_dict(ckpt)) or (k and isinstance(ckpt.get(k), dict))
+                        for k in (("ema",) if w == "ema" else MODEL_CONTAINERS))]
+        hint = (f"; pass weights={other[0]!r} to load the weights it does hold" if other else "")
+        raise CheckpointKeyError(f"{path}: no state dict where the {family} family's own script reads it "
+                                 f"({wanted}); {_describe_keys(ckpt)}{hint}")
+    raise CheckpointKeyError(f"{path}: no {weights!r} weights (looked for {wanted}); {_describe_keys(ckpt)}")
+
+
+#: key patterns that identify each family's state dict (checked in this order)
+_FAMILY_SIGNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("llamagen_gpt or vfmtok_gpt", ("tok_embeddings.weight", "layers.0.attention.wqkv.weight")),
+    ("vfmtok", ("encode_transformer.", "slot_quantize.")),
+    ("llamagen_vq", ("encoder.conv_blocks.", "quantize.embedding.weight")),
+    ("vqgan", ("encoder.down.", "quantize.embedding.weight")),
+)
+
+
+def guess_family(state_or_ckpt: dict) -> str | None:
+    """The official family a state dict (or a whole checkpoint, any container) looks like, or None."""
+    candidates = [state_or_ckpt] + [v for v in state_or_ckpt.values() if isinstance(v, dict)]
+    for family, signs in _FAMILY_SIGNS:
+        for state in candidates:
+            keys = [k.removeprefix("module.").removeprefix("_orig_mod.") for k in state if isinstance(k, str)]
+            if all(any(k == s or (s.endswith(".") and k.startswith(s)) for k in keys) for s in signs):
+                return family
+    return None
+
+
+def check_family(state_or_ckpt: dict, family: str, path: str | Path) -> None:
+    """Raise :class:`CheckpointKeyError` when the file clearly belongs to another official family."""
+    guess = guess_family(state_or_ckpt)
+    if guess is not None and family not in guess.split(" or "):
+        loader = guess.split(" or ")[0]
+        raise CheckpointKeyError(f"{path} looks like a {guess} checkpoint, not {family}: load it with "
+                                 f"vfmtok.load_official({loader!r}, path)")
+
+
+def tag_loaded(model: nn.Module, selected: SelectedWeights, family: str) -> nn.Module:
+    """Record on ``model`` which weights of which file it holds (``loaded_weights``, ``source_path``, ...)."""
+    model.loaded_weights = selected.weights
+    model.loaded_container = selected.container
+    model.source_path = str(selected.path)
+    model.official_family = family
+    model.checkpoint_record = selected.record(family)
+    return model
+
+
+def load_official(family: str, path: str | Path, *, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """Load a released checkpoint of ``family`` into our modules.
+
+    Families: tokenizers ``vqgan``, ``llamagen_vq``, ``vfmtok``; GPTs ``llamagen_gpt``, ``vfmtok_gpt`` (size
+    inferred from the weights' shapes). ``weights`` picks ``"model"`` or ``"ema"``; ``None`` is what the family's
+    own sampling script reads (``model`` for LlamaGen and taming, ``ema`` for VFMTok). The returned module
+    records its source in ``loaded_weights``, ``source_path`` and ``checkpoint_record``.
+    """
+    from vfmtok.factory import ensure_families_loaded, loading_weights
 
     ensure_families_loaded()
-    return OFFICIAL_LOADERS.get(family)(path, **kwargs)
+    import vfmtok.ar.official  # noqa: F401  (registers the GPT families)
+
+    with loading_weights():  # the architecture built here gets the released weights: no "random weights" warning
+        return OFFICIAL_LOADERS.get(family)(path, weights=weights, **kwargs)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,45 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, FILE_MODE & ~_UMASK)  # mkstemp creates 0600; outputs are shared like any written file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+FILE_MODE = 0o644
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once at import, before any worker thread can create files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def clean_stale_tmp(folder: str | os.PathLike, older_than_s: float = 600.0, recursive: bool = True) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that :func:`atomic_write` left behind when its process was killed.
+
+    Only files older than ``older_than_s`` are touched, so a write in progress in another process survives.
+    Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for p in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # vanished or not ours to delete: leave it
+            continue
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -46,6 +81,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
+    """``numpy.save`` of ``array`` to ``path`` atomically (no pickles)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    return atomic_write(path, write)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

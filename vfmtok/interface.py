@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,6 +98,8 @@ class Tokenizer(nn.Module, abc.ABC):
 
     #: attribute names of frozen sub-modules (kept in eval mode, not trained, not saved)
     frozen_modules: tuple[str, ...] = ()
+    #: whether ``encode`` takes images of any size (resized inside, as the official VFMTok does)
+    accepts_any_size: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -190,31 +193,62 @@ class Tokenizer(nn.Module, abc.ABC):
 
     # ----------------------------------------------------------------- uint8 harness edges
     @torch.inference_mode()
-    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,3,H,W] -> int64 [B,L] (eval-mode encode)."""
-        indices = self.encode(self._prepare(images)).indices
+    def tokenize(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 [B,3,H,W] -> int64 [B,L] (eval-mode encode).
+
+        A numpy array is accepted as uint8 [B,3,H,W] or [B,H,W,3] (the ADM npz layout). Images must already
+        be ``spec.image_size`` square: :func:`vfmtok.images.resize_uint8` applies the evaluation resize.
+        """
+        if self.describe()["codebook_size"] is None:
+            raise TypeError(f"{self.registry_name} is continuous: it has no token indices (use reconstruct)")
+        indices = self.encode(self.prepare(images)).indices
         if indices is None:
             raise TypeError(f"{self.registry_name} is continuous: it has no token indices")
         return indices
 
     @torch.inference_mode()
-    def detokenize(self, indices: torch.Tensor) -> torch.Tensor:
-        """int64 [B,L] -> uint8 [B,3,H,W]."""
+    def detokenize(self, indices: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """int64 [B,L] -> uint8 [B,3,H,W] (a numpy integer array is accepted too)."""
+        if isinstance(indices, np.ndarray):
+            if not np.issubdtype(indices.dtype, np.integer):
+                raise TypeError(f"{self.registry_name}.detokenize expects integer token indices, got {indices.dtype}")
+            indices = torch.from_numpy(indices.astype(np.int64))
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"{self.registry_name}.detokenize expects an int64 tensor [B, L] or a numpy integer "
+                            f"array, got {type(indices).__name__}")
         return to_uint8(self.decode_indices(indices.to(self._device())).image)
 
     @torch.inference_mode()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 [B,3,H,W] -> uint8 [B,3,H,W] through encode and decode (discrete or continuous)."""
-        return to_uint8(self.decode(self.encode(self._prepare(images)).latents).image)
+        return to_uint8(self.decode(self.encode(self.prepare(images)).latents).image)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor | np.ndarray, *, require_size: bool = False) -> torch.Tensor:
+        """uint8 images (tensor or numpy, [B, 3, H, W] or [B, H, W, 3]) -> float [B, 3, H, W] in [-1, 1] on the
+        model's device, with a clear error for anything else. Images must have the model's size unless the
+        tokenizer ``accepts_any_size`` and ``require_size`` is False (``require_size``: reconstructions will be
+        compared with the input pixels)."""
         size = self.describe()["image_size"]
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
-            raise ValueError(f"{self.registry_name} expects uint8 images [B, 3, {size}, {size}], "
-                             f"got {tuple(images.shape)}")
+        want = f"uint8 images [B, 3, {size}, {size}]"
+        if isinstance(images, np.ndarray):
+            if images.ndim == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
+                images = images.transpose(0, 3, 1, 2)  # [B, H, W, 3] -> [B, 3, H, W]
+            images = torch.from_numpy(np.require(images, requirements=("C", "W")))
+        elif not isinstance(images, torch.Tensor):
+            raise TypeError(f"{self.registry_name} expects {want} as a torch tensor or numpy array, "
+                            f"got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise TypeError(f"{self.registry_name} expects {want} in 0..255, got dtype {images.dtype}; convert "
+                            "floats in [0, 1] with (x * 255).round().to(torch.uint8)")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.registry_name} expects {want}, got shape {tuple(images.shape)}"
+                             + ("; add a batch axis with images[None]" if images.dim() == 3 else ""))
+        if (require_size or not self.accepts_any_size) and images.shape[-2:] != (size, size):
+            raise ValueError(f"{self.registry_name} expects {want}, got {tuple(images.shape)}; resize with "
+                             f"vfmtok.images.resize_uint8(images, {size}) (the ADM centre crop)")
         return to_model_range(images.to(self._device()))
 
     # ----------------------------------------------------------------- persistence

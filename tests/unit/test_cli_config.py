@@ -49,3 +49,11 @@ def test_train_tokenizer_command_trains_and_resumes(tmp_path, capsys) -> None:
     args[args.index("--steps") + 1] = "5"
     assert main(args) == 0  # more steps: resumes from the step-3 checkpoint
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 5
+
+
+def test_bench_show_prints_the_config_and_its_label(capsys) -> None:
+    assert main(["bench", "--show", "preset=smoke", "catalog.vqgan.steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# label: smoke+catalog.vqgan.steps=5\n") and "steps: 5" in out
+    assert main(["bench", "--show", "preset=smoke", "device=cpu"]) == 0
+    assert capsys.readouterr().out.startswith("# label: smoke\n")

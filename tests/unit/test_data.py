@@ -284,3 +284,13 @@ def test_registry_and_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert assets.data_root() == tmp_path
     monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path / "c"))
     assert assets.cache_dir() == tmp_path / "c"
+
+
+def test_incomplete_cifar10_copy_is_an_error(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    _tar(root, tmp_path / "data" / "cifar10" / "test.tar.gz")  # 3 images where CIFAR-10 test has 10,000
+    with pytest.raises(ValueError, match=r"cifar10:test should hold 10,000 images; read 3"):
+        cifar10("test", root=tmp_path / "data")
+    ds = image_tar(tmp_path / "data" / "cifar10" / "test.tar.gz")  # an unnamed archive has no expected count
+    assert len(ds) == 3 and ds.skipped == []

@@ -114,3 +114,29 @@ def test_wrapper_requires_the_flip_variant(tmp_path, dataset, encoder) -> None:
     with pytest.raises(FileNotFoundError, match="flip=True"):
         CachedFeatureDataset(dataset, cache, flip=True)
     assert len(CachedFeatureDataset(dataset, cache)) == N
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "delete", "manifest"])
+def test_damaged_cache_is_quarantined_and_rebuilt(tmp_path, dataset, encoder, damage) -> None:
+    root = tmp_path / "features"
+    cache = build_feature_cache(encoder, dataset, "fp-a", root=root, batch_size=4)
+    want = cache.read(3)
+    target = cache.directory / "MANIFEST.json" if damage == "manifest" else cache.path("plain")
+    raw = target.read_bytes()
+    if damage == "truncate" or damage == "manifest":
+        target.write_bytes(raw[: len(raw) // 2])
+    elif damage == "edit":
+        target.write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])  # same size, one byte changed
+    else:
+        target.unlink()
+    rebuilt = build_feature_cache(encoder, dataset, "fp-a", root=root, batch_size=4)
+    assert rebuilt.is_complete() and torch.equal(rebuilt.read(3)[0], want[0])
+    moved = list((tmp_path / ".quarantine" / "features").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith(cache.directory.name)  # kept aside, never deleted
+
+
+def test_adding_the_flip_variant_keeps_the_plain_one(tmp_path, dataset, encoder) -> None:
+    cache = build_feature_cache(encoder, dataset, "fp-a", root=tmp_path, batch_size=4)
+    plain = cache.path("plain").read_bytes()
+    both = build_feature_cache(encoder, dataset, "fp-a", root=tmp_path, flip=True, batch_size=4)
+    assert both.is_complete(["plain", "hflip"]) and both.path("plain").read_bytes() == plain

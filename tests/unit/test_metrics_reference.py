@@ -40,7 +40,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _entries(folder) -> int:
-    return len(list(folder.glob("*.pt")))
+    return len(list(folder.glob("*/MANIFEST.json")))
 
 
 def test_reference_cache_is_keyed_by_content_weights_and_resize(cache) -> None:
@@ -73,14 +73,24 @@ def test_reference_statistics_are_right_and_streamed_sources_are_cached(cache) -
     assert reference_statistics(images, extractor=ex).key == stats.key and ex.module.calls == calls
 
 
-def test_damaged_cache_entry_is_recomputed(cache) -> None:
+@pytest.mark.parametrize("damage", ["truncate", "edit", "delete"])
+def test_damaged_cache_entry_is_quarantined_and_recomputed(cache, caplog, damage) -> None:
     images = random_images(6, 16, seed=3)
     ex = tiny_extractor()
-    key = reference_statistics(images, extractor=ex).key
-    next(cache.glob("*.pt")).write_bytes(b"truncated")
-    with pytest.warns(RuntimeWarning, match="unreadable"):
+    first = reference_statistics(images, extractor=ex)
+    stats = next(cache.glob("*/stats.pt"))
+    raw = stats.read_bytes()
+    if damage == "truncate":
+        stats.write_bytes(raw[:9])
+    elif damage == "edit":
+        stats.write_bytes(raw[:-64] + bytes(b ^ 1 for b in raw[-64:]))  # same size
+    else:
+        stats.unlink()
+    with caplog.at_level("WARNING", logger="vfmtok.store"):
         again = reference_statistics(images, extractor=ex)
-    assert again.key == key and ex.module.calls == 12
+    assert again.key == first.key and ex.module.calls == 12 and np.array_equal(again.sigma, first.sigma)
+    assert len(caplog.records) == 1 and "FID reference statistics" in caplog.text and "stats.pt" in caplog.text
+    assert len(list((cache.parent / ".quarantine" / "fid_reference").iterdir())) == 1  # moved aside, not deleted
 
 
 def test_rfid_and_gfid_record_counts_and_match_the_features(cache) -> None:

@@ -57,7 +57,7 @@ def test_features_are_pooled_latents_and_fall_back_when_no_pre_quant(vq, monkeyp
     images, labels = synthetic(6, size=16, seed=4).tensors()
     feats = extract_features(vq, (images, labels), batch_size=4)
     with torch.inference_mode():
-        enc = vq.encode(vq._prepare(images))
+        enc = vq.encode(vq.prepare(images))
     torch.testing.assert_close(feats["codes"], enc.latents.mean(1))
     torch.testing.assert_close(feats["pre_quant"], enc.aux["pre_quant"].mean(1))
     assert torch.equal(feats.labels, labels)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import random_images
-from vfmtok import create_tokenizer
+from vfmtok import create_tokenizer, store
 from vfmtok.data.token_cache import TokenCache, TokenDataset, build_token_cache, disk_dtype
 from vfmtok.interface import TokenizerSpec
 
@@ -60,7 +60,7 @@ def test_tokens_and_flipped_tokens_match_the_tokenizer(tmp_path: Path, tok, imag
     assert np.array_equal(cache.labels, labels.numpy()) and cache.labels.dtype == np.int64
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert meta["tokenizer"] == "test_llamagen_vq" and meta["key"] == {"data": "x"}
-    assert meta["spec"] == tok.spec.to_dict() and meta["content_sha256"] == cache.content_sha256()
+    assert meta["spec"] == tok.spec.to_dict() and store.verify(tmp_path / "c") == []  # every file as in the manifest
 
 
 @pytest.mark.parametrize("k, dtype", [(65536, np.uint16), (70000, np.int32)])
@@ -150,3 +150,25 @@ def test_bad_inputs(tmp_path: Path) -> None:
         cache.tokens("flip")
     with pytest.raises(IndexError):
         TokenDataset(cache)[4]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "delete"])
+def test_damaged_cache_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    stub = StubTokenizer(100)
+    imgs = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.zeros(6, dtype=torch.int64)
+    first = build_token_cache(stub, imgs, labels, tmp_path / "c", key={"a": 1}, batch_size=3).tokens().copy()
+    target = tmp_path / "c" / "tokens.npy"
+    raw = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(raw[: len(raw) // 2])
+    elif damage == "edit":
+        target.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # same size, one bit flipped
+    else:
+        target.unlink()
+    with pytest.raises(ValueError, match="tokens.npy"):
+        TokenCache(tmp_path / "c")  # never served
+    again = build_token_cache(stub, imgs, labels, tmp_path / "c", key={"a": 1}, batch_size=3)
+    assert stub.calls == 4 and np.array_equal(again.tokens(), first)  # recomputed, same tokens
+    moved = list((tmp_path / ".quarantine" / "tokens").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("c.")  # kept aside, not deleted

@@ -102,6 +102,51 @@ CFG = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, disc_start=2, disc_la
                            checkpoint_every=100, log_every=1, flip=True, perceptual_weight=0.0)
 
 
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys) -> None:
+    mgr = CheckpointManager(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        mgr.save(step, {"step": step})
+    latest = tmp_path / "step_00000003.pt"
+    latest.write_bytes(latest.read_bytes()[:40])  # truncated by a crash
+    state = CheckpointManager(tmp_path, keep=3).load_latest()
+    assert state["step"] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(latest) in err[0] and "damaged" in err[0]
+    for p in tmp_path.glob("step_*.pt"):
+        p.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="every checkpoint in .* is damaged: .*step_00000001.pt"):
+        CheckpointManager(tmp_path).load_latest()
+
+
+def test_damaged_latest_checkpoint_resumes_training_from_the_earlier_one(tmp_path) -> None:
+    first = _trainer(tmp_path, checkpoint_every=1, steps=4).fit(stop_after=2)  # checkpoints at steps 1 and 2
+    assert first.step == 2
+    newest = tmp_path / "checkpoints" / "step_00000002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    trainer = _trainer(tmp_path, checkpoint_every=1, steps=4)
+    assert trainer.resume() and trainer.step == 1
+    assert trainer.ckpt.loaded_path == tmp_path / "checkpoints" / "step_00000001.pt"
+
+
+def test_stale_tmp_files_are_cleaned_at_the_next_start(tmp_path) -> None:
+    import os
+    import time
+
+    from vfmtok.fileio import atomic_write_text
+
+    stale, fresh = tmp_path / ".step_00000002.pt.abc123.tmp", tmp_path / ".step_00000003.pt.def456.tmp"
+    stale.write_bytes(b"killed mid-write")
+    fresh.write_bytes(b"being written by another process")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    CheckpointManager(tmp_path)
+    assert not stale.exists() and fresh.exists()  # only old temp files of killed writes go
+    mode = atomic_write_text(tmp_path / "x.txt", "x").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o644 & ~umask  # not mkstemp's 0600
+
+
 def _trainer(tmp_path, name: str = "test_vqgan", **changes) -> TokenizerTrainer:
     torch.manual_seed(0)
     model = create_tokenizer(name)

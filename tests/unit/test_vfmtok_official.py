@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 
 import pytest
 import torch
@@ -217,10 +218,130 @@ def test_losses_by_mode() -> None:
 def test_bad_input_is_a_clear_error() -> None:
     model = _tiny().eval()
     with pytest.raises(ValueError, match="expects images"):
-        model.encode(torch.zeros(1, 3, 30, 30))
+        model.encode(torch.zeros(1, 4, 32, 32))
     with pytest.raises(ValueError, match="expected latents"):
         model.decode(torch.zeros(1, 15, 8))
     with pytest.raises(ValueError, match="perfect square"):
         create_tokenizer("test_vfmtok", num_queries=15)
     with pytest.raises(ValueError, match="image_size"):
         create_tokenizer("test_vfmtok", mask_grid=4)
+
+
+# ----------------------------------------------------------------------------- input of any size
+def _bicubic_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """float64 [n_out, n_in]: bicubic (cubic convolution, a = -0.75), align_corners=True, clamped borders."""
+    a, m = -0.75, torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = i * (n_in - 1) / (n_out - 1)
+        base = int(src // 1)
+        t = src - base
+        for k, d in zip(range(-1, 3), (1 + t, t, 1 - t, 2 - t)):
+            w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            m[i, min(max(base + k, 0), n_in - 1)] += w
+    return m
+
+
+def _gaussian_matrix(n: int, factor: float) -> torch.Tensor:
+    """float64 [n, n]: the anti-alias blur for a shrink by ``factor`` (identity when not shrinking)."""
+    if factor <= 1:
+        return torch.eye(n, dtype=torch.float64)
+    sigma = max((factor - 1) / 2, 0.001)
+    taps = int(max(4 * sigma, 3))
+    taps += 1 - taps % 2
+    half = taps // 2
+    weights = torch.tensor([math.exp(-(k * k) / (2 * sigma * sigma)) for k in range(-half, half + 1)],
+                           dtype=torch.float64)
+    weights /= weights.sum()
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for j in range(n):
+        for k, w in zip(range(-half, half + 1), weights):
+            i = j + k
+            i = -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i  # reflect, edge not repeated
+            m[j, i] += w
+    return m
+
+
+def _reference_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The official preprocessing resize in float64 from its formula, as separable matrices."""
+    h, w = x.shape[-2:]
+    shrink = max(h / size[0], w / size[1]) > 1
+    gh = _gaussian_matrix(h, h / size[0] if shrink else 0.0)
+    gw = _gaussian_matrix(w, w / size[1] if shrink else 0.0)
+    if shrink:  # an axis that does not shrink still gets the sigma-0.001 blur: numerically the identity
+        gh = gh if h > size[0] else torch.eye(h, dtype=torch.float64)
+        gw = gw if w > size[1] else torch.eye(w, dtype=torch.float64)
+    rows, cols = _bicubic_matrix(h, size[0]) @ gh, _bicubic_matrix(w, size[1]) @ gw
+    return rows @ x.double() @ cols.T
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (512, 512), (512, 256)])
+def test_official_resize_matches_the_float64_formula(hw: tuple[int, int]) -> None:
+    from vfmtok.models.vfmtok import official_resize
+
+    x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    got = official_resize(x, (336, 336))
+    assert got.shape == (1, 3, 336, 336) and got.dtype == torch.float32
+    # torch computes sampling positions in float32 (errors up to ~2e-5 px): up to ~7e-5 on noise in [-1, 1]
+    torch.testing.assert_close(got.double(), _reference_resize(x, (336, 336)), rtol=0, atol=1e-4)
+    if max(hw) > 336:  # the anti-alias blur is part of it: plain bicubic is measurably different
+        plain = F.interpolate(x, size=(336, 336), mode="bicubic", align_corners=True)
+        assert (plain - got).abs().max() > 1e-3  # 10x the tolerance above
+
+
+def test_native_size_is_untouched_and_other_sizes_are_resized() -> None:
+    from vfmtok.models.vfmtok import official_resize
+
+    x = torch.rand(2, 3, 336, 336) * 2 - 1
+    assert official_resize(x, (336, 336)) is x  # the paper model's 336 px input: bit-identical, no resampling
+    model = _tiny().eval()
+    native = to_model_range(random_images(2, 32))
+    direct = model.encoder(native).levels
+    assert all(torch.equal(a, b) for a, b in zip(model.features(native).levels, direct))
+    big = to_model_range(random_images(2, 48, seed=3))
+    enc = model.encode(big)
+    ref = model.encode(official_resize(big, (32, 32)))
+    assert torch.equal(enc.indices, ref.indices) and torch.equal(enc.latents, ref.latents)
+    assert model.tokenize(random_images(1, 40)).shape == (1, 16)  # uint8 of any size through tokenize
+    assert model.reconstruct(random_images(1, 24)).shape == (1, 3, 32, 32)
+
+
+def test_missing_dinov2_weights_error_names_the_file(tmp_path, monkeypatch) -> None:
+    from vfmtok.encoders import timm_vit
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(timm_vit, "_hub_reachable", lambda *a, **k: False)
+    state = create_tokenizer("test_vfmtok").trainable_state_dict()
+    torch.save({"ema": state}, tmp_path / "vfmtok-tokenizer.pt")
+    with pytest.raises(RuntimeError) as err:
+        load_official("vfmtok", tmp_path / "vfmtok-tokenizer.pt")  # the paper model, hub weights by default
+    msg = str(err.value)
+    assert "dinov2_vitl14_reg4_pretrain.pth" in msg and "encoder_pretrained='/path/to/dinov2_vitl14_reg4" in msg
+    with pytest.raises(FileNotFoundError, match="dinov2_vitl14_reg4_pretrain.pth"):
+        create_tokenizer(PAPER, encoder_pretrained=str(tmp_path / "absent.pth"))
+
+
+def test_fetch_assets_help_names_the_dinov2_file() -> None:
+    from vfmtok.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices["fetch-assets"].format_help() + next(
+        c.help for c in sub._choices_actions if c.dest == "fetch-assets")
+    assert "dinov2_vitl14_reg4_pretrain.pth" in text and "encoder_pretrained=" in text
+
+
+def test_official_dinov2_layout_loads_through_encoder_pretrained(tmp_path) -> None:
+    """Meta's .pth layout (cls position inside pos_embed, register_tokens, mask_token) loads as a local file."""
+    from vfmtok.encoders import create_encoder
+
+    source = create_encoder("test_vit_tiny", seed=3)
+    sd = source.model.state_dict()
+    pos0 = torch.randn(1, 1, sd["pos_embed"].shape[-1], generator=torch.Generator().manual_seed(1))
+    official = {k: v for k, v in sd.items() if k not in ("cls_token", "reg_token", "pos_embed")}
+    official.update({"cls_token": sd["cls_token"] - pos0, "pos_embed": torch.cat([pos0, sd["pos_embed"]], 1),
+                     "register_tokens": sd["reg_token"], "mask_token": torch.zeros(1, sd["pos_embed"].shape[-1])})
+    torch.save(official, tmp_path / "dinov2_tiny_pretrain.pth")
+    loaded = create_encoder("test_vit_tiny", pretrained=str(tmp_path / "dinov2_tiny_pretrain.pth"))
+    x = to_model_range(random_images(2, 32))
+    for a, b in zip(source(x).levels, loaded(x).levels):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # cls_token - pos0 + pos0: float rounding only
+    assert not torch.allclose(create_encoder("test_vit_tiny", seed=4)(x).levels[-1], source(x).levels[-1])

@@ -21,6 +21,10 @@ def sample_images(model: GPT, tokenizer: Tokenizer, *, num_samples: int, num_cla
     device seeded with ``derive_seed(seed, c)``, so the samples depend on ``seed`` and ``batch_size`` only. Under
     ``torchrun`` the chunks are shared out across ranks and every rank returns the same full set, identical to a
     one-process run. ``sampling`` is passed to :func:`vfmtok.ar.sampling.generate` (temperature, top_k, ...).
+
+    Every rank holds all samples: this is for the benchmark's small sample sets. Large runs (50,000 samples)
+    use :func:`vfmtok.evaluation.samples.sample_to_npz` (``vfmtok sample``), which streams shards to disk and
+    gives exactly these samples and labels for ``labels="uniform"``.
     """
     spec, cfg = tokenizer.spec, model.config
     if num_samples <= 0 or batch_size <= 0:

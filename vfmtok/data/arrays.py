@@ -22,6 +22,9 @@ class ArrayDataset(Dataset):
         classes: class names (``labels`` index into it).
         source: a short description of where the images came from (for error messages and records).
         names: optional file name of every image (e.g. ``airplane/0000.jpg``), carried through subsets.
+
+    ``skipped`` lists the files a reader left out because they did not decode (only with an explicit
+    ``skip_bad=True``; empty otherwise), carried through subsets so records can state it.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | Sequence[int],
@@ -41,6 +44,7 @@ class ArrayDataset(Dataset):
             raise ValueError(f"{source}: {len(labels)} images but {len(names)} names")
         self.images, self.labels, self.classes, self.source = images, labels, list(classes), source
         self.names = list(names) if names is not None else None
+        self.skipped: list[str] = []
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
@@ -89,7 +93,9 @@ class ArrayDataset(Dataset):
         if idx.min() < 0 or idx.max() >= len(self):
             raise IndexError(f"{self.source}: subset indices outside [0, {len(self)})")
         names = [self.names[j] for j in idx] if self.names is not None else None
-        return ArrayDataset(self.images[idx], self.labels[idx], self.classes, f"{self.source}[{tag}]", names)
+        out = ArrayDataset(self.images[idx], self.labels[idx], self.classes, f"{self.source}[{tag}]", names)
+        out.skipped = list(self.skipped)
+        return out
 
     def head(self, n: int) -> ArrayDataset:
         """The first ``n`` images."""

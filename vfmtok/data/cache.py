@@ -1,12 +1,12 @@
 """Decoded-array cache: decode an image source once, then memory-map it.
 
-An entry is a folder under ``work_cache_dir("arrays")`` (``$VFMTOK_WORK_CACHE/arrays``, else
-``~/.cache/vfmtok/arrays``) holding ``images.npy`` (uint8 [N, 3, H, W]), ``labels.npy`` (int64 [N]) and
-``meta.json`` (classes, file names, the key's inputs). Its name hashes the source's content identity -- an
-archive's sha256 (itself remembered per (path, size, mtime) so an unchanged archive is not re-hashed), or a
-folder's relative names, sizes and modification times -- together with the reader and the resize policy.
-So a changed source is decoded again and an unchanged one loads in seconds. Every file is written atomically
-and ``meta.json`` last, so an interrupted build leaves no entry that looks complete.
+An entry of the store (:mod:`vfmtok.store`) of kind ``arrays`` under the work cache (``$VFMTOK_WORK_CACHE``, else
+``~/.cache/vfmtok``) holding ``images.npy`` (uint8 [N, 3, H, W]), ``labels.npy`` (int64 [N]), ``meta.json``
+(classes, file names, the key's inputs) and ``MANIFEST.json`` (written last). Its key hashes the source's content
+identity -- an archive's sha256 (itself remembered per (path, size, mtime) so an unchanged archive is not
+re-hashed), or a folder's relative names, sizes and modification times -- together with the reader and the
+resize policy. So a changed source is decoded again and an unchanged one loads in seconds; a damaged entry is
+moved aside and decoded again.
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from vfmtok import store
 from vfmtok.assets import work_cache_dir
 from vfmtok.data.arrays import ArrayDataset
-from vfmtok.fileio import atomic_write, atomic_write_json, sha256_file, sha256_json
+from vfmtok.fileio import atomic_save_npy, atomic_write_json, sha256_file, sha256_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries of the verified store
+KIND = "arrays"
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered in the cache per (absolute path, size, mtime)."""
+    """sha256 of a file, remembered in the work cache per (absolute path, size, mtime)."""
     path = Path(path).resolve()
     st = path.stat()
-    memo = work_cache_dir("arrays") / "sha256" / f"{sha256_json([str(path), st.st_size, st.st_mtime_ns])[:32]}.json"
+    memo = work_cache_dir(".sha256") / f"{sha256_json([str(path), st.st_size, st.st_mtime_ns])[:32]}.json"
     if memo.is_file():
         try:
             return json.loads(memo.read_text())["sha256"]
@@ -52,25 +54,28 @@ def source_identity(path: str | Path) -> dict[str, Any]:
     raise FileNotFoundError(f"image source not found: {path}")
 
 
+def _store() -> store.Store:
+    return store.Store(work_cache_dir(KIND).parent)
+
+
 def cache_entry(identity: dict[str, Any]) -> Path:
     """The cache folder of ``identity`` (which need not exist yet)."""
-    return work_cache_dir("arrays") / sha256_json({"v": CACHE_VERSION, **identity})[:32]
+    return _store().entry(KIND, CACHE_VERSION, identity).path
 
 
 def cached_arrays(identity: dict[str, Any], build: Callable[[], ArrayDataset]) -> ArrayDataset:
     """The cached arrays of ``identity`` (memory-mapped); on a miss call ``build()`` and cache its result."""
-    folder = cache_entry(identity)
-    if (folder / "meta.json").is_file():
-        try:
-            return _load(folder)
-        except (OSError, ValueError, KeyError):
-            pass  # damaged entry: rebuild it below
-    ds = build()
-    atomic_write(folder / "images.npy", lambda p: _save_npy(p, np.ascontiguousarray(ds.images)))
-    atomic_write(folder / "labels.npy", lambda p: _save_npy(p, ds.labels))
-    atomic_write_json(folder / "meta.json", {"classes": ds.classes, "source": ds.source, "identity": identity,
-                                             "shape": list(ds.images.shape), "names": ds.names})
-    return _load(folder)  # serve the memory-mapped copy, exactly as a later load would
+
+    def write(folder: Path) -> None:
+        ds = build()
+        atomic_save_npy(folder / "images.npy", np.ascontiguousarray(ds.images))
+        atomic_save_npy(folder / "labels.npy", ds.labels)
+        atomic_write_json(folder / "meta.json", {"classes": ds.classes, "source": ds.source, "identity": identity,
+                                                 "shape": list(ds.images.shape), "names": ds.names})
+
+    label = f"arrays {identity.get('file') or identity.get('folder') or ''}".strip()
+    folder = _store().get_or_build(KIND, CACHE_VERSION, identity, write, label)
+    return _load(folder)  # the memory-mapped copy, exactly as a later load would serve it
 
 
 def _load(folder: Path) -> ArrayDataset:
@@ -78,8 +83,3 @@ def _load(folder: Path) -> ArrayDataset:
     images = np.load(folder / "images.npy", mmap_mode="r")
     labels = np.load(folder / "labels.npy")
     return ArrayDataset(images, labels, meta["classes"], meta["source"], meta.get("names"))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)

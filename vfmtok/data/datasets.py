@@ -1,7 +1,10 @@
 """Named datasets for the harness: CIFAR-10 (our tar copy or torchvision's), Kodak, folders, archives, npz.
 
 Every dataset yields ``(uint8 [3, H, W] tensor, int label)`` and has ``classes`` and ``fingerprint()``.
-Folders and archives are decoded once into the array cache (:mod:`vfmtok.data.cache`) and memory-mapped after.
+Small folders and archives are decoded once into the array cache (:mod:`vfmtok.data.cache`) and memory-mapped
+after. A source whose decoded pixels would exceed :data:`ARRAY_CACHE_LIMIT_BYTES` is not decoded into one array:
+it is served as a lazily decoded :class:`vfmtok.data.stream.LazyImages` (same items, same order, same subsets).
+Known data sets have their image counts checked (:func:`check_expected_count`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,8 @@ from vfmtok.data.arrays import ArrayDataset
 from vfmtok.data.cache import cached_arrays, source_identity
 from vfmtok.data.readers import (
     ImageFileDataset,
+    iter_tar_members,
+    list_image_folder,
     list_loose_images,
     read_image_folder,
     read_image_tar,
@@ -29,16 +34,96 @@ from vfmtok.data.readers import (
     read_torchvision_cifar10,
     synthetic,
 )
+from vfmtok.data.stream import FolderImages, LazyImages, TarImages
 from vfmtok.registry import Registry
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 OFFICIAL_TRAIN_COVERED = 10_000  # official_order.json covers train[:10000] (data_batch_1) and the whole test set
 
+#: the decoded-array cache takes sources of at most this many bytes of decoded uint8 pixels (N * 3 * H * W);
+#: 4 GiB holds CIFAR-10 (150 MB) or ~20,000 images of 256 px. Larger sources stream (decoded per image).
+ARRAY_CACHE_LIMIT_BYTES = 4 << 30
 
-def _cached(path: Path, reader: Callable[..., ArrayDataset], size: int | None) -> ArrayDataset:
+#: image counts of the known data sets: (name, split) -> N
+EXPECTED_COUNTS: dict[tuple[str, str], int] = {
+    ("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000,
+    ("imagenet", "train"): 1_281_167, ("imagenet", "val"): 50_000,
+}
+
+
+def check_expected_count(name: str, split: str, n: int, *, skipped: int = 0) -> None:
+    """Raise ValueError when a known data set (:data:`EXPECTED_COUNTS`) does not have its image count.
+
+    ``n`` images were read and ``skipped`` were left out on request (``skip_bad``); together they must make the
+    expected count. Unknown (name, split) pairs are not checked.
+    """
+    expected = EXPECTED_COUNTS.get((name.lower(), split))
+    if expected is not None and n + skipped != expected:
+        extra = f" and skipped {skipped}" if skipped else ""
+        raise ValueError(f"{name}:{split} should hold {expected:,} images; read {n:,}{extra}. The copy is incomplete "
+                         "or corrupt (or holds extra files)")
+
+
+def _cached(path: Path, reader: Callable[..., ArrayDataset], size: int | None,
+            skip_bad: bool = False) -> ArrayDataset:
+    if skip_bad:  # the cache keeps no list of skipped files: decode afresh so ``skipped`` is always right
+        return reader(path, size=size, skip_bad=True)
     ident = {"reader": reader.__name__, "size": size, "resize": "adm_center_crop" if size else None,
              **source_identity(path)}
     return cached_arrays(ident, lambda: reader(path, size=size))
+
+
+def decoded_bytes(n: int, size: int | None, first: bytes | Path | None = None) -> int:
+    """Bytes of ``n`` decoded uint8 RGB images of ``size`` x ``size`` (native size of ``first`` when None)."""
+    if size is None:
+        import io
+
+        from PIL import Image
+
+        if first is None:
+            return 0
+        try:
+            with Image.open(io.BytesIO(first) if isinstance(first, bytes) else first) as img:
+                w, h = img.size
+        except Exception:  # noqa: BLE001 - undecodable: the reader reports it with the file name
+            return 0
+        return n * 3 * w * h
+    return n * 3 * size * size
+
+
+def _stream_or_cache(path: Path, reader: Callable[..., ArrayDataset], size: int | None, skip_bad: bool,
+                     count: Callable[[], tuple[int, bytes | Path]],
+                     lazy: Callable[[], LazyImages]) -> ArrayDataset | LazyImages:
+    """The cached arrays when ``count()`` (number of images, first image) says they fit the limit, else ``lazy()``
+    (which drops and lists undecodable images when ``skip_bad``)."""
+    n, first = count()
+    if decoded_bytes(n, size, first) <= ARRAY_CACHE_LIMIT_BYTES:
+        return _cached(path, reader, size, skip_bad)
+    ds = lazy()
+    if skip_bad:
+        ds._drop_undecodable()
+    return ds
+
+
+def _folder_count(path: Path, flat: bool) -> tuple[int, Path]:
+    files = list_loose_images(path) if flat else list_image_folder(path)[0]
+    return len(files), files[0]
+
+
+def _tar_count(path: Path) -> tuple[int, bytes]:
+    """Number of visible class-folder members and the first one's bytes (one pass over the headers)."""
+    n, first = 0, b""
+    for member, _ in iter_tar_members(path, read_data=False):
+        parts = PurePosixPath(member.name).parts
+        if len(parts) >= 2 and not any(p.startswith(".") for p in parts):
+            n += 1
+    if n:
+        for member, data in iter_tar_members(path):  # stops at the first image: cheap
+            parts = PurePosixPath(member.name).parts
+            if len(parts) >= 2 and not any(p.startswith(".") for p in parts):
+                first = data or b""
+                break
+    return n, first
 
 
 def _sub_root(root: str | Path | None, name: str) -> Path:
@@ -61,6 +146,7 @@ def cifar10(split: str = "train", root: str | Path | None = None, order: str = "
         raise ValueError(f"CIFAR-10 order must be 'folder' or 'official', got {order!r}")
     folder = _sub_root(root, "cifar10")
     ds = _cached(folder / f"{split}.tar.gz", read_image_tar, size)
+    check_expected_count("cifar10", split, len(ds))
     if order == "folder":
         ds.source = f"cifar10:{split}"
         return ds
@@ -114,21 +200,31 @@ def kodak(root: str | Path | None = None, size: int | None = None) -> ArrayDatas
 
 
 @DATASETS.register("folder")
-def image_folder(path: str | Path, size: int | None = None) -> ArrayDataset:
-    """An ImageFolder tree ``path/<class>/<image>``, decoded once into the array cache."""
-    return _cached(Path(path), read_image_folder, size)
+def image_folder(path: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset | LazyImages:
+    """An ImageFolder tree ``path/<class>/<image>``: decoded once into the array cache when its decoded pixels
+    fit :data:`ARRAY_CACHE_LIMIT_BYTES`, else streamed (:class:`~vfmtok.data.stream.FolderImages`)."""
+    path = Path(path)
+    return _stream_or_cache(path, read_image_folder, size, skip_bad, lambda: _folder_count(path, False),
+                            lambda: FolderImages(path, size))
 
 
 @DATASETS.register("images")
-def loose_images(path: str | Path, size: int | None = None) -> ArrayDataset:
-    """A flat folder of images (label 0), decoded once into the array cache."""
-    return _cached(Path(path), read_loose_images, size)
+def loose_images(path: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset | LazyImages:
+    """A flat folder of images (label 0): cached or streamed as :func:`image_folder`."""
+    path = Path(path)
+    return _stream_or_cache(path, read_loose_images, size, skip_bad, lambda: _folder_count(path, True),
+                            lambda: FolderImages(path, size, flat=True))
 
 
 @DATASETS.register("tar")
-def image_tar(path: str | Path, size: int | None = None) -> ArrayDataset:
-    """A tar / tar.gz of an ImageFolder tree, decoded once into the array cache."""
-    return _cached(Path(path), read_image_tar, size)
+def image_tar(path: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset | LazyImages:
+    """A tar / tar.gz of an ImageFolder tree: cached or streamed as :func:`image_folder` (a large .tar.gz is
+    decompressed once into the work cache, see :func:`vfmtok.data.stream.decompressed_tar`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"archive not found: {path}")
+    return _stream_or_cache(path, read_image_tar, size, skip_bad, lambda: _tar_count(path),
+                            lambda: TarImages(path, size))
 
 
 DATASETS.register("npz", read_npz)
@@ -143,8 +239,8 @@ def torchvision_cifar10(root: str | Path, split: str = "train", size: int | None
     return read_torchvision_cifar10(root, train=split == "train", size=size)
 
 
-def select(ds: ArrayDataset, *, head: int | None = None, random: int | None = None, per_class: int | None = None,
-           seed: int = 0) -> ArrayDataset:
+def select(ds: ArrayDataset | LazyImages, *, head: int | None = None, random: int | None = None,
+           per_class: int | None = None, seed: int = 0) -> ArrayDataset | LazyImages:
     """A deterministic subset: the first ``head`` images, then ``per_class`` first images of every class, then
     ``random`` images drawn with ``seed`` (each step optional, applied in that order)."""
     if head is not None:
@@ -164,8 +260,8 @@ def build_dataset(name: str, *, head: int | None = None, random: int | None = No
     ds = DATASETS.get(name)(**kwargs)
     if head is None and random is None and per_class is None:
         return ds
-    if not isinstance(ds, ArrayDataset):
-        raise TypeError(f"dataset {name!r} is not an ArrayDataset; subsets need a fixed size (pass size=...)")
+    if not isinstance(ds, (ArrayDataset, LazyImages)):
+        raise TypeError(f"dataset {name!r} does not support subsets (it is a {type(ds).__name__})")
     return select(ds, head=head, random=random, per_class=per_class, seed=subset_seed)
 
 
@@ -194,5 +290,9 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
                            "fingerprint": ds.fingerprint()}
     if isinstance(ds, ArrayDataset):
         out["image_size"] = list(ds.image_size)
+    elif isinstance(ds, LazyImages) and ds.size is not None:
+        out["image_size"] = [ds.size, ds.size]
+    if isinstance(ds, (ArrayDataset, LazyImages)):
         out["label_counts"] = np.bincount(ds.labels, minlength=len(ds.classes)).tolist()
+        out["skipped"] = list(ds.skipped)
     return out

@@ -3,9 +3,11 @@
 Features are stored as one fp16 memmap per variant (``plain`` and, when flip augmentation is on, ``hflip``:
 features of horizontally flipped images), rows in dataset order, the levels of a row flattened and
 concatenated. The cache directory is keyed by the dataset fingerprint (a content hash of the images, passed
-in), the encoder name, the sha256 of its weights and its input size; any change gives a new directory.
-Files are written to a temporary name and renamed, and ``meta.json`` is written last, so a killed build
-leaves no cache that looks complete.
+in), the encoder name, the sha256 of its weights and its input size; any change gives a new directory. The
+directory is an entry of the store (:mod:`vfmtok.store`, kind ``features``): files are written atomically, then
+``meta.json``, then ``MANIFEST.json`` (size and sha256 of each file) last, so a killed build leaves no cache that
+looks complete. A build verifies the manifest first (a streaming sha256 of every file) and moves a damaged
+directory to ``<root>/../.quarantine/features/`` before recomputing it; reads check sizes against the manifest.
 
 The cached images must be fixed: random crops or other augmentations of the base dataset would not match
 the features. Horizontal flips are applied by :class:`CachedFeatureDataset` itself.
@@ -13,6 +15,7 @@ the features. Horizontal flips are applied by :class:`CachedFeatureDataset` itse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -24,12 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vfmtok import store
 from vfmtok.distributed import barrier, is_main, ordered_rounds
 from vfmtok.encoders.base import FrozenEncoder
-from vfmtok.fileio import atomic_write, atomic_write_json, sha256_json
+from vfmtok.fileio import atomic_write, atomic_write_json
 from vfmtok.images import to_model_range
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: verified by the store's manifest
 FP16_MAX = 65504.0
 VARIANTS = ("plain", "hflip")
 
@@ -59,7 +63,7 @@ class FeatureCacheKey:
 
     def digest(self) -> str:
         """Short hex digest naming the cache directory."""
-        return sha256_json({"format": FORMAT_VERSION, **asdict(self)})[:20]
+        return store.entry_key("features", FORMAT_VERSION, asdict(self), length=20)
 
 
 def _to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -103,18 +107,22 @@ class FeatureCache:
                 "num_items": self.num_items, "dtype": "float16"}
 
     def is_complete(self, variants: Sequence[str] = ("plain",)) -> bool:
-        """True when ``meta.json`` matches and every requested variant file has the expected size."""
+        """True when ``meta.json`` matches, the manifest lists every requested variant and every file has the
+        size the manifest gives (no hashing: :meth:`build` verifies the sha256)."""
         meta_path = self.directory / "meta.json"
         try:
             meta = json.loads(meta_path.read_text())
+            manifest = store.read_manifest(self.directory)
         except (OSError, ValueError):
+            return False
+        if manifest is None or store.verify(self.directory, hashes=False) != []:
             return False
         mine = json.loads(json.dumps(self._meta()))  # tuples -> lists, as stored
         if {k: meta.get(k) for k in mine} != mine:
             return False
         size = self.num_items * self.row_size * 2
-        return all(v in meta.get("variants", []) and self.path(v).is_file() and self.path(v).stat().st_size == size
-                   for v in variants)
+        return all(v in meta.get("variants", []) and self.path(v).name in manifest["files"]
+                   and self.path(v).stat().st_size == size for v in variants)
 
     def build(self, encoder: FrozenEncoder, dataset: Dataset, *, flip: bool = False, batch_size: int = 64,
               progress: bool = False) -> FeatureCache:
@@ -129,9 +137,22 @@ class FeatureCache:
             raise ValueError(f"dataset has {len(dataset)} items, the cache expects {self.num_items}")
         if self.num_items == 0:
             raise ValueError("cannot build a feature cache of an empty dataset")
+        entry = store.Entry(self.directory.parent.parent, self.directory.parent.name, self.directory.name,
+                            f"features {self.key.encoder}")
+        with entry.lock() if is_main() else contextlib.nullcontext():  # one builder per cache across processes
+            return self._build(entry, encoder, dataset, flip, batch_size, progress)
+
+    def _build(self, entry: store.Entry, encoder: FrozenEncoder, dataset: Dataset, flip: bool, batch_size: int,
+               progress: bool) -> FeatureCache:
         variants = ["plain", "hflip"] if flip else ["plain"]
+        if is_main():
+            entry.check()  # a damaged cache is moved aside (one warning line) and recomputed
+        barrier()  # rank 0 has verified before any rank looks
         todo = [v for v in variants if not self.is_complete([v])]
+        kept = [v for v in VARIANTS if v not in todo and self.is_complete([v])]
         barrier()  # every rank has checked before rank 0 writes
+        if todo and is_main():
+            (self.directory / store.MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest
         for variant in todo:
             rows = self._rows(encoder, dataset, variant, batch_size)
             if is_main():
@@ -140,8 +161,9 @@ class FeatureCache:
                 for _ in rows:  # take part in the collective encoding; rank 0 writes
                     pass
         if todo and is_main():
-            done = [v for v in VARIANTS if v in variants or self.is_complete([v])]
+            done = [v for v in VARIANTS if v in todo or v in kept]
             atomic_write_json(self.directory / "meta.json", {**self._meta(), "variants": done})
+            store.write_manifest(self.directory, self.directory.parent.name)
         barrier()
         self._maps.clear()
         return self

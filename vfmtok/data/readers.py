@@ -9,16 +9,22 @@ Policies, shared by every reader:
   :func:`vfmtok.images.center_crop_arr` (after the conversion above);
 * **bad files** -- every non-hidden file of a folder or archive must be an image: a corrupt or non-image file
   raises :class:`ImageReadError` naming it (nothing is skipped silently). Names starting with ``.`` are ignored.
+  With an explicit ``skip_bad=True`` undecodable files are left out and their names listed in ``ds.skipped``.
+  An archive must be readable to its end: a broken header or gzip stream mid-way is an error naming the archive
+  and where it broke (:func:`iter_tar_members`), never a silently shorter data set.
 * **order** -- classes are the sorted class-folder names; files are sorted by name within a class.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -47,21 +53,39 @@ def decode_image(data: bytes | Path, name: str, size: int | None = None) -> torc
     return out
 
 
-def stack_images(items: Iterable[tuple[str, bytes | Path]], count: int, size: int | None, source: str) -> np.ndarray:
-    """Decode ``count`` (name, data) pairs into one uint8 [N, 3, H, W] array; sizes must agree."""
+def decode_all(items: Sequence[tuple[str, bytes | Path]], size: int | None, source: str,
+               skip_bad: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode (name, data) pairs into one uint8 [N, 3, H, W] array; sizes must agree.
+
+    Returns the array, the positions of the decoded items and the names of the skipped ones: an undecodable item
+    raises :class:`ImageReadError` naming it, unless ``skip_bad`` (then it is skipped and named in the list).
+    """
     out: np.ndarray | None = None
-    first = ""
+    first, kept, skipped = "", [], []
     for i, (name, data) in enumerate(items):
-        im = decode_image(data, name, size).numpy()
+        try:
+            im = decode_image(data, name, size).numpy()
+        except ImageReadError:
+            if not skip_bad:
+                raise
+            skipped.append(name)
+            continue
         if out is None:
-            out, first = np.empty((count, *im.shape), dtype=np.uint8), name
+            out, first = np.empty((len(items) - i, *im.shape), dtype=np.uint8), name
         elif im.shape != out.shape[1:]:
             raise ValueError(f"{source}: images differ in size ({first} is {out.shape[2]}x{out.shape[3]}, {name} is "
                              f"{im.shape[1]}x{im.shape[2]}); pass size=... to centre-crop them to one size")
-        out[i] = im
+        out[len(kept)] = im
+        kept.append(i)
     if out is None:
-        raise ValueError(f"{source}: no images to read")
-    return out
+        note = f" ({len(skipped)} undecodable, skipped)" if skipped else ""
+        raise ValueError(f"{source}: no images to read{note}")
+    return out[:len(kept)], kept, skipped
+
+
+def stack_images(items: Iterable[tuple[str, bytes | Path]], count: int, size: int | None, source: str) -> np.ndarray:
+    """Decode ``count`` (name, data) pairs into one uint8 [N, 3, H, W] array; sizes must agree."""
+    return decode_all(list(items), size, source)[0]
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -93,47 +117,137 @@ def list_loose_images(root: str | Path) -> list[Path]:
     return files
 
 
-def read_image_folder(root: str | Path, size: int | None = None) -> ArrayDataset:
-    """An ImageFolder tree ``root/<class>/<image>`` decoded into an :class:`ArrayDataset`."""
+def read_image_folder(root: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset:
+    """An ImageFolder tree ``root/<class>/<image>`` decoded into an :class:`ArrayDataset` (``skip_bad``: see
+    :func:`read_image_tar`)."""
     files, labels, classes = list_image_folder(root)
-    images = stack_images(((str(f), f) for f in files), len(files), size, str(root))
-    names = [f"{f.parent.name}/{f.name}" for f in files]
-    return ArrayDataset(images, labels, classes, str(root), names)
+    images, kept, skipped = decode_all([(str(f), f) for f in files], size, str(root), skip_bad)
+    names = [f"{files[i].parent.name}/{files[i].name}" for i in kept]
+    ds = ArrayDataset(images, [labels[i] for i in kept], classes, str(root), names)
+    ds.skipped = skipped
+    return ds
 
 
-def read_loose_images(root: str | Path, size: int | None = None) -> ArrayDataset:
+def read_loose_images(root: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset:
     """A flat folder of images (e.g. Kodak), sorted by name, all with label 0 (class ``"image"``)."""
     files = list_loose_images(root)
-    images = stack_images(((str(f), f) for f in files), len(files), size, str(root))
-    return ArrayDataset(images, [0] * len(files), ["image"], str(root), [f.name for f in files])
+    images, kept, skipped = decode_all([(str(f), f) for f in files], size, str(root), skip_bad)
+    ds = ArrayDataset(images, [0] * len(kept), ["image"], str(root), [files[i].name for i in kept])
+    ds.skipped = skipped
+    return ds
 
 
-def read_image_tar(path: str | Path, size: int | None = None) -> ArrayDataset:
-    """A tar / tar.gz of an ImageFolder tree (``[top/]<class>/<image>``), decoded into an :class:`ArrayDataset`."""
+class _ReadRecorder(io.RawIOBase):
+    """A file wrapper remembering the last block read (so the tar end check needs no backward seek in a gzip)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw, self.last = raw, (-1, b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.raw.tell()
+        data = self.raw.read(n)
+        self.last = (pos, data)
+        return data
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _open_archive(path: Path) -> BinaryIO:
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
+
+
+def iter_tar_members(path: str | Path, read_data: bool = True) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    """Every regular file of a tar / tar.gz with its bytes (``None`` when ``read_data=False``), then a check
+    that the archive was read to its real end.
+
+    :mod:`tarfile` stops at the first invalid header as if the archive ended there; this generator instead raises
+    ValueError naming the archive, the byte offset and the last good member when the block it stopped at is not
+    the end-of-archive marker (zeros), when non-zero data follows the marker, or when the gzip stream does not
+    end cleanly (CRC / length check, truncation).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"archive not found: {path}")
-    members: list[tuple[str, str, bytes]] = []  # (class, file name, bytes)
+    last = "(none: the first header)"
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                parts = PurePosixPath(member.name).parts
-                if not member.isfile() or any(p.startswith(".") for p in parts):
-                    continue
-                if len(parts) < 2:
-                    raise ValueError(f"{path}: {member.name} is not inside a class folder (<class>/<image>)")
-                f = tar.extractfile(member)
-                members.append((parts[-2], parts[-1], f.read() if f is not None else b""))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable tar archive: {e}") from e
-    if not members:
+        with _open_archive(path) as raw:
+            rec = _ReadRecorder(raw)
+            with tarfile.open(fileobj=rec, mode="r:") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    if member.isfile():
+                        data = None
+                        if read_data:
+                            f = tar.extractfile(member)
+                            data = f.read() if f is not None else b""
+                        yield member, data
+                    last = member.name
+                end = tar.offset
+            pos, block = rec.last
+            if pos != end:
+                rec.seek(end)  # uncompressed (cheap) or forward in a gzip
+                block = rec.read(tarfile.BLOCKSIZE)
+            if block.strip(b"\0"):
+                raise ValueError(f"{path}: the archive breaks at byte {end} after member {last}: no valid tar header "
+                                 "there (corrupt or garbled data); refusing to read a truncated image set")
+            while chunk := rec.read(1 << 20):  # to EOF: gzip checks its CRC and length there
+                if chunk.strip(b"\0"):
+                    raise ValueError(f"{path}: non-zero data after the end-of-archive marker at byte {end} (after "
+                                     f"member {last}); the archive is corrupt")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable tar archive (after member {last}): {e}") from e
+
+
+def _class_members(path: Path, members: Iterable[tuple[str, Any]]) -> list[tuple[str, str, Any]]:
+    """(class, file name, payload) of the visible members of an ImageFolder archive, sorted by (class, name)."""
+    out = []
+    for name, payload in members:
+        parts = PurePosixPath(name).parts
+        if any(p.startswith(".") for p in parts):
+            continue
+        if len(parts) < 2:
+            raise ValueError(f"{path}: {name} is not inside a class folder (<class>/<image>)")
+        out.append((parts[-2], parts[-1], payload))
+    if not out:
         raise ValueError(f"{path}: the archive holds no image files in class folders")
-    members.sort(key=lambda m: (m[0], m[1]))
+    out.sort(key=lambda m: (m[0], m[1]))
+    return out
+
+
+def read_image_tar(path: str | Path, size: int | None = None, skip_bad: bool = False) -> ArrayDataset:
+    """A tar / tar.gz of an ImageFolder tree (``[top/]<class>/<image>``), decoded into an :class:`ArrayDataset`.
+
+    The archive must be readable to its end (:func:`iter_tar_members`). A member that does not decode raises
+    :class:`ImageReadError` naming it, unless ``skip_bad``: then it is left out and listed in ``ds.skipped``.
+    """
+    path = Path(path)
+    members = _class_members(path, ((m.name, data) for m, data in iter_tar_members(path)))
     classes = sorted({c for c, _, _ in members})
-    images = stack_images(((f"{path}:{c}/{n}", data) for c, n, data in members), len(members), size, str(path))
+    images, kept, skipped = decode_all([(f"{path}:{c}/{n}", data) for c, n, data in members], size, str(path),
+                                       skip_bad)
     index = {c: i for i, c in enumerate(classes)}
-    return ArrayDataset(images, [index[c] for c, _, _ in members], classes, str(path),
-                        [f"{c}/{n}" for c, n, _ in members])
+    members = [members[i] for i in kept]
+    ds = ArrayDataset(images, [index[c] for c, _, _ in members], classes, str(path),
+                      [f"{c}/{n}" for c, n, _ in members])
+    ds.skipped = skipped
+    return ds
 
 
 def read_npz(path: str | Path, size: int | None = None) -> ArrayDataset:

@@ -2,14 +2,15 @@
 
 A cache directory holds ``tokens.npy`` (uint16 when the codebook has at most 65536 codes, else int32; [N, L]),
 ``tokens_flip.npy`` (the same for horizontally flipped images, when built with ``flip=True``), ``labels.npy``
-(int64 [N]) and ``meta.json`` (tokenizer name and spec, the caller's key, shapes, dtype and a content sha256 of
-the arrays). Every file is written to a temporary name and renamed, ``meta.json`` last, so a killed build leaves
-no cache that looks complete. A directory whose ``meta.json`` carries the same key and tokenizer is reused.
+(int64 [N]), ``meta.json`` (tokenizer name and spec, the caller's key, shapes, dtype) and the store's
+``MANIFEST.json`` (size and sha256 of each file, :mod:`vfmtok.store`). Every file is written atomically, the
+manifest last, so a killed build leaves no cache that looks complete. A directory whose ``meta.json`` carries the
+same key and tokenizer and whose files match the manifest is reused; a damaged one is moved to
+``<parent>/.quarantine/tokens/`` and rebuilt.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vfmtok import store
 from vfmtok.distributed import barrier, is_main, ordered_map
 from vfmtok.distributed import mix64 as _mix
-from vfmtok.fileio import atomic_write, atomic_write_json, sha256_json
+from vfmtok.fileio import atomic_save_npy, atomic_write_json, sha256_json
 from vfmtok.interface import Tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: verified by the store's manifest
+KIND = "tokens"
 VARIANTS = {"plain": "tokens.npy", "flip": "tokens_flip.npy"}
 
 
@@ -33,13 +36,20 @@ def disk_dtype(codebook_size: int) -> np.dtype:
 
 
 class TokenCache:
-    """Read access to a cache directory written by :func:`build_token_cache` (arrays are memory-mapped)."""
+    """Read access to a cache directory written by :func:`build_token_cache` (arrays are memory-mapped).
 
-    def __init__(self, directory: str | Path) -> None:
+    The files are checked against the manifest first (``verify=False`` skips the sha256, not the sizes).
+    """
+
+    def __init__(self, directory: str | Path, verify: bool = True) -> None:
         self.directory = Path(directory)
         meta_path = self.directory / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: {self.directory} is not a complete token cache")
+        problems = store.verify(self.directory, hashes=verify)
+        if problems is None:
+            raise FileNotFoundError(f"{self.directory / store.MANIFEST} not found: {self.directory} is not a complete "
+                                    "token cache (interrupted build?); build it again")
+        if problems:
+            raise ValueError(f"token cache {self.directory} is damaged: {problems[0]}; build it again")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format version {self.meta.get('format_version')}, "
@@ -76,23 +86,6 @@ class TokenCache:
         if variant not in self._tokens:
             raise KeyError(f"token cache {self.directory} has no {variant!r} tokens (has {list(self._tokens)})")
         return self._tokens[variant]
-
-    def content_sha256(self) -> str:
-        """Recompute the content hash of the arrays (compare with ``meta['content_sha256']``)."""
-        return _content_hash(self.directory, self.meta["variants"])
-
-
-def _content_hash(directory: Path, variants: list[str]) -> str:
-    h = hashlib.sha256()
-    for name in [VARIANTS[v] for v in variants] + ["labels.npy"]:
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(np.load(directory / name, mmap_mode="r")).tobytes())
-    return h.hexdigest()
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
 
 
 def _tokenize(tokenizer: Tokenizer, images: torch.Tensor, flip: bool, batch_size: int) -> np.ndarray:
@@ -137,14 +130,15 @@ def build_token_cache(tokenizer: Tokenizer, images_u8: torch.Tensor, labels: tor
     key = json.loads(json.dumps(key))  # canonical JSON form; raises on values JSON cannot hold
     identity = {"key": key, "tokenizer": spec.name, "spec": spec.to_dict(), "flip": bool(flip)}
     meta_path = out_dir / "meta.json"
+    if is_main() and out_dir.is_dir():
+        store.check(out_dir, out_dir.parent, KIND, f"tokens {spec.name}")  # a damaged cache is moved aside
+    barrier()  # rank 0 has verified before any rank reads
     if _is_built(meta_path, sha256_json(identity), n):
-        try:
-            return TokenCache(out_dir)
-        except (OSError, ValueError, KeyError):
-            pass  # damaged arrays: rebuild
-    barrier()  # every rank has checked before rank 0 removes a stale meta.json
+        return TokenCache(out_dir, verify=False)  # just verified by rank 0
+    barrier()  # every rank has checked before rank 0 removes a stale manifest
     if is_main():
-        meta_path.unlink(missing_ok=True)  # from here on the directory no longer looks complete
+        (out_dir / store.MANIFEST).unlink(missing_ok=True)  # from here on the directory no longer looks complete
+        meta_path.unlink(missing_ok=True)
 
     dtype = disk_dtype(spec.codebook_size)
     variants = ["plain", "flip"] if flip else ["plain"]
@@ -156,19 +150,22 @@ def build_token_cache(tokenizer: Tokenizer, images_u8: torch.Tensor, labels: tor
         tokenizer.train(was_training)
     if is_main():
         for variant, array in arrays.items():
-            atomic_write(out_dir / VARIANTS[variant], lambda p, a=array: _save_npy(p, a))
-        atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels.to(torch.int64).numpy()))
+            atomic_save_npy(out_dir / VARIANTS[variant], array)
+        atomic_save_npy(out_dir / "labels.npy", labels.to(torch.int64).numpy())
         atomic_write_json(meta_path, {
             "format_version": FORMAT_VERSION, "tokenizer": spec.name, "spec": spec.to_dict(), "key": key,
             "identity_sha256": sha256_json(identity), "num_items": n, "num_tokens": spec.num_tokens,
-            "dtype": dtype.name, "variants": variants, "content_sha256": _content_hash(out_dir, variants),
+            "dtype": dtype.name, "variants": variants,
         })
+        store.write_manifest(out_dir, KIND)
     barrier()
-    return TokenCache(out_dir)
+    return TokenCache(out_dir, verify=False)  # written just now
 
 
 def _is_built(meta_path: Path, identity_sha256: str, n: int) -> bool:
     """Whether ``meta_path`` describes a complete cache of this identity and size."""
+    if not (meta_path.parent / store.MANIFEST).is_file():
+        return False
     try:
         meta = json.loads(meta_path.read_text())
         return meta.get("identity_sha256") == identity_sha256 and meta.get("num_items") == n

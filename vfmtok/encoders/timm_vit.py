@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vfmtok.encoders.base import FrozenEncoder, register_encoder
+from vfmtok.errors import WeightsUnavailableError
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -29,27 +30,42 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _official_file_hint(model_name: str) -> str:
+    """Where to get the model's weights as a local file, for the models whose official file is known."""
+    from vfmtok.assets import DINOV2_FILE, DINOV2_URL
+
+    if model_name.split(".")[0] != "vit_large_patch14_reg4_dinov2":
+        return ""
+    return (f" Meta's official weights file {DINOV2_FILE} ({DINOV2_URL}; the DINOv2 the VFMTok tokenizer was "
+            f"trained on) loads as it is: pass encoder_pretrained='/path/to/{DINOV2_FILE}' (e.g. "
+            f"vfmtok.load_official('vfmtok', 'vfmtok-tokenizer.pt', encoder_pretrained='/path/to/{DINOV2_FILE}')).")
+
+
 def _build_timm(model_name: str, pretrained: bool | str, **kwargs) -> torch.nn.Module:
     """timm model with hub weights (``True``), a local weights file (a path) or random weights (``False``)."""
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights file for {model_name} not found: {path}")
+            raise FileNotFoundError(f"weights file for {model_name} not found: {path}."
+                                    + _official_file_hint(model_name))
         return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     if not pretrained:
         return timm.create_model(model_name, pretrained=False, **kwargs)
     if not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():  # fail fast instead of minutes of retries
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"pretrained weights for {model_name} come from the Hugging Face Hub, which is unreachable. Set "
-            "HF_HUB_OFFLINE=1 to use weights already in the local Hugging Face cache, pass a local weights file "
-            "(pretrained='/path/to/weights'), or pretrained=False for random weights."
+            "HF_HUB_OFFLINE=1 to use weights already in the local Hugging Face cache, pass a local weights file, or "
+            "random weights: on a VFMTok tokenizer encoder_pretrained='/path/to/weights' or encoder_pretrained=False "
+            "(create_encoder takes pretrained=...)." + _official_file_hint(model_name)
         )
     try:
         return timm.create_model(model_name, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - no network, missing hub file, ...: say what to do instead
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"could not obtain pretrained weights for {model_name} through timm ({type(e).__name__}: {e}). "
-            "Pass a local weights file (pretrained='/path/to/weights') or pretrained=False for random weights."
+            "Pass a local weights file or random weights: on a VFMTok tokenizer "
+            "encoder_pretrained='/path/to/weights' or encoder_pretrained=False (create_encoder takes pretrained=...)."
+            + _official_file_hint(model_name)
         ) from e
 
 

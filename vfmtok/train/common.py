@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vfmtok.distributed import all_gather_objects, derive_seed, rank_world
 from vfmtok.fileio import atomic_torch_save, atomic_write_text
+
+STALE_TMP_SECONDS = 10 * 60.0  # an atomic write's temp file this old belongs to a killed process
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +131,9 @@ class CheckpointManager:
 
     def __init__(self, directory: str | Path, keep: int = 2, is_main: bool = True) -> None:
         self.directory, self.keep, self.is_main = Path(directory), max(keep, 1), is_main
+        self.loaded_path: Path | None = None  # the file load_latest read
+        if is_main and self.directory.is_dir():
+            self.clean_stale_tmp()
 
     def save(self, step: int, state: dict[str, Any]) -> Path | None:
         """Write ``state`` as the checkpoint of ``step`` (no-op off the main process)."""
@@ -156,9 +160,52 @@ class CheckpointManager:
         return files[-1] if files else None
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """The newest checkpoint's state, or None when there is none."""
-        path = self.latest_path()
-        return None if path is None else torch.load(path, map_location=map_location, weights_only=False)
+        """The newest readable checkpoint's state, or None when there is none.
+
+        A damaged file (truncated by a crash, say) is skipped with one line on stderr naming it, and the next
+        older one is tried; :attr:`loaded_path` is the file the state came from. When every file is damaged the
+        error names them all (training from scratch over them would silently discard the run).
+        """
+        self.loaded_path = None
+        newest = self.latest_path()
+        if newest is None:
+            return None
+        candidates = [newest, *[p for p in reversed(self._files()) if p != newest]]
+        bad: list[str] = []
+        for path in candidates:
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is damaged
+                bad.append(f"{path} ({type(e).__name__})")
+                if self.is_main:
+                    why = (str(e).splitlines() or [""])[0].split(". ")[0][:160]  # the first sentence
+                    print(f"checkpoint {path} is damaged ({type(e).__name__}: {why}); trying an older one",
+                          file=sys.stderr, flush=True)
+                continue
+            if not isinstance(state, dict) or "step" not in state:
+                bad.append(f"{path} (no 'step' entry)")
+                continue
+            self.loaded_path = path
+            return state
+        raise ValueError(f"every checkpoint in {self.directory} is damaged: {', '.join(bad)}; move them aside "
+                         "to train from scratch")
+
+    def clean_stale_tmp(self, older_than_s: float = STALE_TMP_SECONDS) -> list[Path]:
+        """Remove this folder's leftover ``.<name>.*.tmp`` files of interrupted atomic writes."""
+        from vfmtok.fileio import clean_stale_tmp
+
+        return clean_stale_tmp(self.directory, older_than_s=older_than_s, recursive=False)
+
+
+def check_config(owner: str, rules: Mapping[str, tuple[Any, bool, str]]) -> None:
+    """Raise ValueError for the first ``key: (value, ok, expected)`` rule that fails, naming ``owner.key``.
+
+    The trainers' configs call it from ``__post_init__``, so the library and the command line reject a bad
+    value with the same message before any work starts.
+    """
+    for key, (value, ok, expected) in rules.items():
+        if not ok:
+            raise ValueError(f"{owner}.{key} must be {expected}, got {value!r}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -221,9 +268,3 @@ def autocast_context(device: torch.device | str) -> contextlib.AbstractContextMa
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool | None = None) -> tqdm:
-    """A tqdm bar, shown only on a terminal unless ``enabled`` says otherwise."""
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True, leave=False)

@@ -24,15 +24,16 @@ from vfmtok.images import to_model_range
 from vfmtok.interface import Tokenizer
 from vfmtok.losses import NLayerDiscriminator, PerceptualLoss, adaptive_weight, generator_loss, hinge_d_loss
 from vfmtok.losses.pixel import pixel_loss
+from vfmtok.progress import progress_bar
 from vfmtok.train.common import (
     EMA,
     CheckpointManager,
     ResumableOrder,
     autocast_context,
     capture_rank_rng_states,
+    check_config,
     check_finite,
     lr_at,
-    progress_bar,
     restore_rank_rng_state,
     seed_everything,
 )
@@ -67,6 +68,22 @@ class TokenizerTrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_config("TokenizerTrainConfig", {
+            "steps": (self.steps, self.steps > 0, "> 0 (a tokenizer trained for no step has random weights)"),
+            "batch_size": (self.batch_size, self.batch_size > 0, "> 0"),
+            "lr": (self.lr, self.lr > 0, "> 0"),
+            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            "schedule": (self.schedule, self.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+            "pixel_loss": (self.pixel_loss, self.pixel_loss in ("l1", "l2", "l2+mse"), "'l1', 'l2' or 'l2+mse'"),
+            "grad_clip": (self.grad_clip, self.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+            "disc_start": (self.disc_start, self.disc_start >= 0, ">= 0"),
+            "ema_decay": (self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1) (0 disables EMA)"),
+            "grad_accum": (self.grad_accum, self.grad_accum >= 1, ">= 1"),
+            "checkpoint_every": (self.checkpoint_every, self.checkpoint_every > 0, "> 0"),
+            "log_every": (self.log_every, self.log_every > 0, "> 0"),
+        })
 
 
 @dataclass

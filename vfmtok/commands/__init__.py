@@ -1,0 +1,1 @@
+"""Subcommands of the ``vfmtok`` command, each module exposing ``register(subparsers)``."""
