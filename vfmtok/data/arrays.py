@@ -4,13 +4,45 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+D = TypeVar("D", bound="DeterministicSubsets")
 
-class ArrayDataset(Dataset):
+
+class DeterministicSubsets:
+    """``head``, ``random_subset`` and ``first_per_class`` for a dataset with ``subset(indices, tag)``,
+    ``labels``, ``classes`` and ``source``: the same draws for in-memory and lazily read images."""
+
+    def head(self: D, n: int) -> D:
+        """The first ``n`` images."""
+        self._check_n(n)
+        return self.subset(np.arange(n), f":{n}")
+
+    def random_subset(self: D, n: int, seed: int) -> D:
+        """``n`` images drawn without replacement by a seeded permutation (sorted back into dataset order)."""
+        self._check_n(n)
+        perm = np.random.default_rng(seed).permutation(len(self))[:n]
+        return self.subset(np.sort(perm), f"random{n},seed{seed}")
+
+    def first_per_class(self: D, n: int) -> D:
+        """The first ``n`` images of every class, in dataset order."""
+        labels = self.labels
+        picks = [np.flatnonzero(labels == c)[:n] for c in range(len(self.classes))]
+        short = [self.classes[c] for c, p in enumerate(picks) if len(p) < n]
+        if short:
+            raise ValueError(f"{self.source}: fewer than {n} images in class(es) {short}")
+        return self.subset(np.sort(np.concatenate(picks)), f"first{n}perclass")
+
+    def _check_n(self, n: int) -> None:
+        if not 0 < n <= len(self):
+            raise ValueError(f"{self.source}: asked for {n} images, the dataset has {len(self)}")
+
+
+class ArrayDataset(DeterministicSubsets, Dataset):
     """Images uint8 [N, 3, H, W] with int64 labels; items are ``(uint8 [3, H, W] tensor, int label)``.
 
     ``ds[i]`` is one item; ``ds[a:b]`` is an :class:`ArrayDataset` and, unlike Python slicing, raises
@@ -96,26 +128,3 @@ class ArrayDataset(Dataset):
         out = ArrayDataset(self.images[idx], self.labels[idx], self.classes, f"{self.source}[{tag}]", names)
         out.skipped = list(self.skipped)
         return out
-
-    def head(self, n: int) -> ArrayDataset:
-        """The first ``n`` images."""
-        self._check_n(n)
-        return self.subset(np.arange(n), f":{n}")
-
-    def random_subset(self, n: int, seed: int) -> ArrayDataset:
-        """``n`` images drawn without replacement by a seeded permutation (sorted back into dataset order)."""
-        self._check_n(n)
-        perm = np.random.default_rng(seed).permutation(len(self))[:n]
-        return self.subset(np.sort(perm), f"random{n},seed{seed}")
-
-    def first_per_class(self, n: int) -> ArrayDataset:
-        """The first ``n`` images of every class, in dataset order."""
-        picks = [np.flatnonzero(self.labels == c)[:n] for c in range(len(self.classes))]
-        short = [self.classes[c] for c, p in enumerate(picks) if len(p) < n]
-        if short:
-            raise ValueError(f"{self.source}: fewer than {n} images in class(es) {short}")
-        return self.subset(np.sort(np.concatenate(picks)), f"first{n}perclass")
-
-    def _check_n(self, n: int) -> None:
-        if not 0 < n <= len(self):
-            raise ValueError(f"{self.source}: asked for {n} images, the dataset has {len(self)}")

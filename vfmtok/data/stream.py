@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vfmtok.assets import data_root, work_cache_dir
-from vfmtok.data.arrays import ArrayDataset
+from vfmtok.data.arrays import ArrayDataset, DeterministicSubsets
 from vfmtok.data.readers import (
     ImageReadError,
     _class_members,
@@ -58,7 +58,7 @@ from vfmtok.images import center_crop_arr, pil_to_uint8
 HASH_LIMIT_BYTES = 1 << 30
 
 
-class LazyImages(Dataset):
+class LazyImages(DeterministicSubsets, Dataset):
     """Images read and decoded one at a time; items are ``(uint8 [3, S, S] tensor, int label)``.
 
     Subclasses implement :meth:`_payload` (the bytes, path or HWC array of stored image ``j``). ``index`` maps
@@ -140,30 +140,6 @@ class LazyImages(Dataset):
         out.index, out.source, out._fingerprint = self.index[idx], f"{self.source}[{tag}]", None
         out.skipped = list(self.skipped)
         return out
-
-    def head(self, n: int) -> LazyImages:
-        """The first ``n`` items."""
-        self._check_n(n)
-        return self.subset(np.arange(n), f":{n}")
-
-    def random_subset(self, n: int, seed: int) -> LazyImages:
-        """``n`` items drawn as :meth:`ArrayDataset.random_subset` draws them (so both give the same images)."""
-        self._check_n(n)
-        perm = np.random.default_rng(seed).permutation(len(self))[:n]
-        return self.subset(np.sort(perm), f"random{n},seed{seed}")
-
-    def first_per_class(self, n: int) -> LazyImages:
-        """The first ``n`` items of every class, in dataset order."""
-        labels = self.labels
-        picks = [np.flatnonzero(labels == c)[:n] for c in range(len(self.classes))]
-        short = [self.classes[c] for c, p in enumerate(picks) if len(p) < n]
-        if short:
-            raise ValueError(f"{self.source}: fewer than {n} images in class(es) {short}")
-        return self.subset(np.sort(np.concatenate(picks)), f"first{n}perclass")
-
-    def _check_n(self, n: int) -> None:
-        if not 0 < n <= len(self):
-            raise ValueError(f"{self.source}: asked for {n} images, the dataset has {len(self)}")
 
     def to_arrays(self) -> ArrayDataset:
         """Every item decoded into an in-memory :class:`ArrayDataset` (for small sets only)."""
