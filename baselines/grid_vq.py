@@ -63,6 +63,10 @@ class GridVQTokenizer(Tokenizer):
         return {"image_size": self.image_size, "num_tokens": g * g, "latent_dim": self.embed_dim,
                 "codebook_size": self.codebook_size, "token_grid": (g, g), "encoder": None}
 
+    def adaptive_weight_layer(self) -> torch.Tensor:
+        """The conv decoder's last weight."""
+        return self.decoder.last_layer
+
     def codebook(self) -> torch.Tensor:
         """float [K, D] codes as the decoder sees them."""
         return self.quantize.codes()

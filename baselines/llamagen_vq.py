@@ -30,13 +30,13 @@ def _make(**kwargs: Any) -> GridVQTokenizer:
     return GridVQTokenizer(**kwargs)
 
 
-@register_tokenizer("llamagen_vq_f16_k16384")
+@register_tokenizer("llamagen_vq_f16_k16384", released="llamagen_vq")
 def llamagen_vq_f16_k16384(**overrides: Any) -> GridVQTokenizer:
     """LlamaGen VQ-16: 256 px -> 16x16 tokens, K=16384, D=8 (released as ``vq_ds16_c2i.pt``)."""
     return _make(**{"image_size": 256, **OFFICIAL, **VQ16, **overrides})
 
 
-@register_tokenizer("llamagen_vq_f8_k16384")
+@register_tokenizer("llamagen_vq_f8_k16384", released="llamagen_vq")
 def llamagen_vq_f8_k16384(**overrides: Any) -> GridVQTokenizer:
     """LlamaGen VQ-8: 256 px -> 32x32 tokens (released as ``vq_ds8_c2i.pt``)."""
     return _make(**{"image_size": 256, **OFFICIAL, **VQ8, **overrides})

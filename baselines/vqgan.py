@@ -24,13 +24,13 @@ F16 = {"image_size": 256, "embed_dim": 256, "l2_norm": False, "legacy_beta": Tru
 _MID = {"block_1": "0", "attn_1": "1", "block_2": "2"}
 
 
-@register_tokenizer("vqgan_f16_k1024")
+@register_tokenizer("vqgan_f16_k1024", released="vqgan")
 def vqgan_f16_k1024(**overrides: Any) -> GridVQTokenizer:
     """taming VQGAN ImageNet f16, K=1024."""
     return GridVQTokenizer(**{**F16, "codebook_size": 1024, **overrides})
 
 
-@register_tokenizer("vqgan_f16_k16384")
+@register_tokenizer("vqgan_f16_k16384", released="vqgan")
 def vqgan_f16_k16384(**overrides: Any) -> GridVQTokenizer:
     """taming VQGAN ImageNet f16, K=16384."""
     return GridVQTokenizer(**{**F16, "codebook_size": 16384, **overrides})

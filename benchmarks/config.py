@@ -7,15 +7,20 @@ naming the key; an out-of-range value fails in :func:`validate_config`, naming t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import MISSING, OmegaConf, open_dict
 
 from vfmtok.errors import ConfigError
+from vfmtok.fileio import sha256_json
+from vfmtok.train import ARTrainConfig, TokenizerTrainConfig
+from vfmtok.train.common import check_config
 
 CONF_DIR = Path(__file__).parent / "conf"
 
@@ -34,20 +39,24 @@ class DataConfig:
 
 
 @dataclass
-class TokenizerRunConfig:
-    """One tokenizer of the comparison and how it is trained."""
+class TokenizerRunConfig(TokenizerTrainConfig):
+    """One tokenizer of the comparison and how it is trained: the trainer's settings (one definition,
+    :class:`vfmtok.train.TokenizerTrainConfig`) with the benchmark's defaults, plus what to build or load.
 
-    name: str = MISSING  # registry name
+    ``seed``, ``device``, ``progress``, ``flip`` and ``checkpoint_every`` are the run's (``seed``, ``device``,
+    ``progress``, ``data.flip``), not the entry's.
+    """
+
     steps: int = 500
-    batch_size: int = 32
     lr: float = 2e-4
-    warmup_steps: int = 0
     disc_start: int = 10**9  # adversarial loss off unless a step is given
-    disc_weight: float = 0.5
-    pixel_loss: str = "l2"
+    name: str = MISSING  # registry name
     overrides: dict[str, Any] = field(default_factory=dict)  # constructor overrides for create_tokenizer
     official: str = ""  # official-checkpoint family (load_official) instead of training, e.g. "llamagen_vq"
     checkpoint: str = ""  # path of that official checkpoint
+
+    def __post_init__(self) -> None:
+        """Checked by :func:`validate_config`, which names the catalog key (released weights need no steps)."""
 
 
 @dataclass
@@ -63,15 +72,15 @@ class ReleasedGPTConfig:
 
 
 @dataclass
-class ARConfig:
-    """The class-conditional GPT trained on each tokenizer's tokens."""
+class ARConfig(ARTrainConfig):
+    """The class-conditional GPT trained on each tokenizer's tokens: the trainer's settings (one definition,
+    :class:`vfmtok.train.ARTrainConfig`) with the benchmark's defaults, then sampling and released GPTs.
+    ``seed``, ``device``, ``progress`` and ``checkpoint_every`` are the run's, not the entry's."""
 
-    model: str = "gpt_micro"
     steps: int = 500
-    batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 50
-    eval_every: int = 0  # gFID checkpoints along training (0 = only at the end)
+    model: str = "gpt_micro"
     num_samples: int = 500
     cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
     temperature: float = 1.0
@@ -83,6 +92,9 @@ class ARConfig:
     released: list[ReleasedGPTConfig] = field(default_factory=list)  # per-tokenizer released GPTs
     reference: str = ""  # ADM reference batch npz for gFID of released GPTs (VFMTOK_WEIGHTS or VFMTOK_DATA)
     eval_size: int = 0  # samples resized to this size before scoring (0: the tokenizer's size)
+
+    def __post_init__(self) -> None:
+        """Checked by :func:`validate_config`, which names the ``ar`` key (released GPTs need no steps)."""
 
 
 @dataclass
@@ -134,11 +146,47 @@ def load_config(overrides: list[str] | None = None, preset: str | None = None) -
 
 
 def compose_config(overrides: list[str]) -> BenchConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` (types checked by hydra; values not validated)."""
+    """Compose ``conf/config.yaml`` with ``overrides`` (types checked by hydra; values not validated).
+
+    A tokenizer the preset's catalog lacks is added with ``+catalog.ALIAS={name: NAME, steps: ...}`` or
+    ``+catalog.ALIAS.KEY=VALUE`` (hydra cannot add entries to a typed mapping itself; unknown keys are an error).
+    """
     _register()
+    additions, rest = _catalog_additions(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name="config", overrides=rest)
+    for alias, fields in additions.items():
+        if alias in cfg.catalog:
+            raise ConfigError(f"+catalog.{alias}: the preset already has a tokenizer {alias!r}; change its keys "
+                              f"with catalog.{alias}.KEY=VALUE (no '+')")
+        try:
+            entry = TokenizerRunConfig(**fields)
+        except TypeError as e:
+            known = ", ".join(f.name for f in dataclasses.fields(TokenizerRunConfig))
+            raise ConfigError(f"+catalog.{alias}: {e} (keys: {known})") from None
+        with open_dict(cfg.catalog):
+            cfg.catalog[alias] = OmegaConf.structured(entry)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _catalog_additions(overrides: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Split ``+catalog.ALIAS...`` overrides (new catalog entries, by alias) from the others."""
+    additions: dict[str, dict[str, Any]] = {}
+    rest = []
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        parts = parsed.key_or_group.split(".")
+        if not (parsed.is_add() and parts[0] == "catalog" and len(parts) in (2, 3)):
+            rest.append(text)
+            continue
+        value = parsed.value()
+        entry = additions.setdefault(parts[1], {})
+        if len(parts) == 3:
+            entry[parts[2]] = value
+        elif isinstance(value, dict):
+            entry.update(value)
+        else:
+            raise ConfigError(f"{text}: a new catalog entry is a mapping, e.g. +catalog.{parts[1]}={{name: NAME}}")
+    return additions, rest
 
 
 def presets() -> dict[str, str]:
@@ -192,7 +240,6 @@ def run_label(cfg: BenchConfig, max_len: int = 60) -> str:
     ``smoke`` for the preset as shipped; ``smoke+catalog.vqgan.steps=5`` for one change; for changes too long
     to spell out, ``smoke+3 overrides@<hash>`` (the record's ``config`` holds them all).
     """
-    from vfmtok.fileio import sha256_json
 
     diff = config_differences(cfg)
     if not diff:
@@ -231,27 +278,19 @@ def validate_config(cfg: BenchConfig) -> None:
         released = bool(run.official and run.checkpoint)
         if run.official and not run.checkpoint:
             raise ConfigError(f"{k}.official={run.official!r} needs {k}.checkpoint (the released weights file)")
+        _check_run_wide(k, run, TokenizerTrainConfig)
         if not released:
-            _check(f"{k}.steps", run.steps, run.steps > 0,
-                   "> 0, or name released weights with official=FAMILY and checkpoint=FILE (a tokenizer trained "
-                   "for no step has random weights)")
-            _check(f"{k}.batch_size", run.batch_size, 0 < run.batch_size <= d.train_n,
-                   f"in [1, data.train_n={d.train_n}]")
-            _check(f"{k}.lr", run.lr, run.lr > 0, "> 0")
-            _check(f"{k}.warmup_steps", run.warmup_steps, run.warmup_steps >= 0, ">= 0")
-            _check(f"{k}.disc_start", run.disc_start, run.disc_start >= 0, ">= 0")
-            _check(f"{k}.disc_weight", run.disc_weight, run.disc_weight >= 0, ">= 0")
-            _check(f"{k}.pixel_loss", run.pixel_loss, run.pixel_loss in ("l1", "l2", "l2+mse"),
-                   "'l1', 'l2' or 'l2+mse'")
+            _check_trainer(k, run, {
+                "steps": (run.steps, run.steps > 0, "> 0, or name released weights with official=FAMILY and "
+                          "checkpoint=FILE (a tokenizer trained for no step has random weights)"),
+                "batch_size": (run.batch_size, 0 < run.batch_size <= d.train_n, f"in [1, data.train_n={d.train_n}]")})
     a = cfg.ar
-    ar_released = bool(getattr(a, "official", "") and getattr(a, "checkpoint", "")) or bool(getattr(a, "released", []))
-    if cfg.suite.generation and not ar_released:
-        _check("ar.steps", a.steps, a.steps > 0,
-               "> 0, or name a released GPT (a GPT trained for no step samples noise)")
-        _check("ar.batch_size", a.batch_size, 0 < a.batch_size <= d.train_n, f"in [1, data.train_n={d.train_n}]")
-        _check("ar.lr", a.lr, a.lr > 0, "> 0")
-        _check("ar.warmup_steps", a.warmup_steps, a.warmup_steps >= 0, ">= 0")
-        _check("ar.eval_every", a.eval_every, a.eval_every >= 0, ">= 0 (0: only at the end)")
+    _check_run_wide("ar", a, ARTrainConfig)
+    if cfg.suite.generation and not (a.official and a.checkpoint) and not a.released:
+        _check_trainer("ar", a, {
+            "steps": (a.steps, a.steps > 0, "> 0, or name a released GPT (a GPT trained for no step samples noise)"),
+            "batch_size": (a.batch_size, 0 < a.batch_size <= d.train_n, f"in [1, data.train_n={d.train_n}]"),
+            "eval_every": (a.eval_every, a.eval_every >= 0, ">= 0 (0: only at the end)")})
     _check("ar.num_samples", a.num_samples, a.num_samples > 0, "> 0")
     _check("ar.cfg_scales", a.cfg_scales, bool(a.cfg_scales) and all(c > 0 for c in a.cfg_scales),
            "a non-empty list of scales > 0")
@@ -264,3 +303,23 @@ def validate_config(cfg: BenchConfig) -> None:
 def to_dict(cfg: BenchConfig) -> dict[str, Any]:
     """Plain-container form of a config (for hashing and records)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+#: trainer settings a run sets once for every model (``seed``, ``device``, ``progress``, ``data.flip``...)
+RUN_WIDE_SETTINGS = ("seed", "device", "progress", "flip", "checkpoint_every")
+
+
+def _check_run_wide(key: str, entry: Any, trainer: type) -> None:
+    defaults = trainer()
+    for name in RUN_WIDE_SETTINGS:
+        if hasattr(defaults, name) and getattr(entry, name) != getattr(defaults, name):
+            raise ConfigError(f"{key}.{name}={getattr(entry, name)!r}: this setting is the run's, not one model's; "
+                              f"set the run-wide key instead (seed, device, progress, data.flip)")
+
+
+def _check_trainer(key: str, entry: Any, benchmark_rules: dict[str, tuple[Any, bool, str]]) -> None:
+    """The trainer's own rules for ``entry`` (one definition), with the benchmark's stricter ones on top."""
+    try:
+        check_config(key, {**entry.rules(), **benchmark_rules})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -22,6 +22,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vfmtok import create_tokenizer
+from vfmtok.ar import create_gpt
+from vfmtok.fid_inception import random_fid_inception
+from vfmtok.fileio import atomic_write_json
+from vfmtok.images import to_model_range
+
 TOKENIZERS = {"vqgan_f16_k16384": {}, "llamagen_vq_f16_k16384": {},
               "vfmtok_dinov2_vitl14reg_l256_k16384": {"encoder_pretrained": False}}
 GPTS = ("gpt_b", "gpt_l", "gpt_xl")
@@ -36,10 +42,6 @@ def count(fn: Callable[[], Any]) -> int:
 
 def measure() -> dict[str, int]:
     """FLOPs per image of every model of the plan."""
-    from vfmtok import create_tokenizer
-    from vfmtok.ar import create_gpt
-    from vfmtok.encoders.inception import random_fid_inception
-    from vfmtok.images import to_model_range
 
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 256, 256), dtype=torch.uint8)
@@ -70,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     for key, flops in counts.items():
         print(f"{key:48s} {flops / 1e9:10.2f} GFLOP per image", flush=True)
     if args.json:
-        from vfmtok.fileio import atomic_write_json
 
         atomic_write_json(args.json, {"flops_per_image": counts, "torch": torch.__version__})
     return 0

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.config import BenchConfig
+from benchmarks.weights import resolve_file
+from vfmtok.assets import data_root, work_cache_dir
 from vfmtok.errors import UserError
 
 GIB = 1 << 30
@@ -70,7 +72,6 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _data(cfg: BenchConfig) -> None:
-    from vfmtok.assets import data_root
 
     try:
         root = data_root()
@@ -89,7 +90,6 @@ def _data(cfg: BenchConfig) -> None:
 
 
 def _weights(cfg: BenchConfig) -> None:
-    from benchmarks.weights import resolve_file
 
     for alias in cfg.tokenizers:
         run = cfg.catalog[alias]
@@ -103,7 +103,6 @@ def _weights(cfg: BenchConfig) -> None:
 
 def preflight(cfg: BenchConfig) -> int:
     """Run every check in order (see the module docstring); return the disk estimate in bytes."""
-    from vfmtok.assets import work_cache_dir
 
     _writable(Path(cfg.results_dir), "results_dir", "results_dir")
     _writable(Path(cfg.work_dir), "work_dir", "work_dir")

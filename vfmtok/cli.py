@@ -7,18 +7,36 @@ Errors the user can fix print one line and exit with status 2; ``--debug`` (anyw
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
+from vfmtok import create_tokenizer, list_tokenizers
+from vfmtok.assets import fetch_fid_inception
 from vfmtok.commands import cache, eval_recon, fid, sample, tokenize
+from vfmtok.data import build_dataset
+from vfmtok.data.datasets import DATASETS
 from vfmtok.errors import debug_environment, debug_requested, run_guarded, strip_debug
+from vfmtok.factory import describe_tokenizer
+from vfmtok.train import TokenizerTrainer
+from vfmtok.train.config import add_config_arguments, config_from
+from vfmtok.train.tokenizer_trainer import TokenizerTrainConfig
 
 #: modules adding sub-commands (`tokenize`/`detokenize`, `cache verify|gc`, `fid`, `eval-recon`, `sample`)
 COMMAND_MODULES = (tokenize, cache, fid, eval_recon, sample)
+#: entry-point group of modules that add subcommands with ``register(subparsers)`` (the harness adds ``bench``)
+COMMANDS_ENTRY_POINTS = "vfmtok.commands"
+
+
+def _installed_commands() -> list[ModuleType]:
+    """The command modules other installed packages announce in :data:`COMMANDS_ENTRY_POINTS`."""
+    return [importlib.import_module(ep.value) for ep in entry_points(group=COMMANDS_ENTRY_POINTS)]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -26,9 +44,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vfmtok import create_tokenizer, list_tokenizers
-    from vfmtok.factory import describe_tokenizer
-
     names = list_tokenizers(args.pattern)
     if not names:
         raise KeyError(f"no tokenizer matches {args.pattern!r}; `vfmtok list` shows them all")
@@ -50,8 +65,6 @@ def training_dataset(data: str, path: str | None, split: str, size: int) -> torc
     of images, or an ImageFolder tree of class folders), a .tar/.tar.gz/.tgz, or an .npz. ``folder`` on a flat
     folder reads it as loose images.
     """
-    from vfmtok.data import build_dataset
-    from vfmtok.data.datasets import DATASETS
 
     if data not in DATASETS:
         if not Path(data).exists():
@@ -87,14 +100,8 @@ def _source_kind(path: Path) -> str:
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
-    from vfmtok import create_tokenizer
-    from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
-
     # validate every value before building a model or reading data: the config names the bad key
-    cfg = TokenizerTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                               warmup_steps=args.warmup_steps, disc_start=args.disc_start,
-                               pixel_loss=args.pixel_loss, seed=args.seed, device=args.device, flip=args.flip,
-                               checkpoint_every=args.checkpoint_every, progress=True)
+    cfg = config_from(TokenizerTrainConfig, args)
     if args.n < 0:
         raise ValueError(f"--n must be >= 0 (0 = all images), got {args.n}")
     torch.manual_seed(args.seed)
@@ -111,23 +118,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _fetch_assets(args: argparse.Namespace) -> int:
-    from vfmtok.assets import fetch_fid_inception
-
     print(fetch_fid_inception())
     return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from benchmarks.run import main as bench_main
-
-    return bench_main(args.overrides + (["--show"] if args.show else []))
-
-
-def _bench_epilog() -> str:
-    from benchmarks.run import help_text
-
-    text = help_text("vfmtok bench")
-    return text[text.index("presets ("):]  # argparse prints the usage line and options itself
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,15 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="location for --data folder/images/tar/npz (or a root for cifar10/kodak)")
     p.add_argument("--split", default="train", help="cifar10 split")
     p.add_argument("--n", type=int, default=0, help="random subset size (0 = all)")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (> 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (> 0)")
-    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (> 0)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear LR warm-up")
-    p.add_argument("--disc-start", type=int, default=10**9, help="step the PatchGAN loss starts (10^9: off)")
-    p.add_argument("--pixel-loss", default="l2", choices=["l1", "l2", "l2+mse"], help="reconstruction loss")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initial weights")
+    # every trainer setting with a plain type, defaults and help from the config (seed also seeds the weights)
+    add_config_arguments(p, TokenizerTrainConfig, skip=("device",))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, tokenizer/, history.json)")
     p.set_defaults(func=_train_tokenizer)
@@ -177,14 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "file: README, 'Released weights'.")
     p.set_defaults(func=_fetch_assets)
 
-    p = sub.add_parser("bench", help="run the benchmark pipeline (hydra overrides, e.g. preset=smoke)",
-                       formatter_class=_Formatter)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hydra overrides, e.g. preset=smoke")
-    p.add_argument("--show", action="store_true", help="print the composed configuration and label, do not run")
-    p.set_defaults(func=_bench)
-    usage = p.format_help
-    p.format_help = lambda: usage() + "\n" + _bench_epilog()  # type: ignore[method-assign]  # built on demand
-    for command in COMMAND_MODULES:  # each adds its own sub-commands
+    for command in (*COMMAND_MODULES, *_installed_commands()):  # each adds its own sub-commands
         command.register(sub)
     return parser
 

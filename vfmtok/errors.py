@@ -31,14 +31,10 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 
 def user_error_classes() -> tuple[type[BaseException], ...]:
-    """The exception classes reported as one line (imported lazily: hydra is not needed by the library)."""
-    from vfmtok.assets import MissingAssetError
-    from vfmtok.checkpoint import CheckpointKeyError
-    from vfmtok.data.readers import ImageReadError
-
-    classes: list[type[BaseException]] = [UserError, MissingAssetError, CheckpointKeyError, ImageReadError,
-                                          FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-                                          ValueError, KeyError, TypeError]
+    """The exception classes reported as one line (the library's own, such as ``MissingAssetError`` or
+    ``ImageReadError``, derive from these; hydra's are added when hydra is installed)."""
+    classes: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                          PermissionError, ValueError, KeyError, TypeError]
     try:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException

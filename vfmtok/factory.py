@@ -1,13 +1,19 @@
-"""The tokenizer registry and the public factory functions."""
+"""The tokenizer registry and the public factory functions.
+
+Tokenizer families are modules that call :func:`register_tokenizer` at import. The library names none of them:
+installed packages announce theirs in the ``vfmtok.tokenizers`` entry-point group (this project's
+``pyproject.toml`` lists VFMTok and the baselines), and a module outside any package registers by being imported
+(or with :func:`load_family`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import fnmatch
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from typing import Any
 
 from vfmtok.interface import Tokenizer
@@ -16,23 +22,42 @@ from vfmtok.registry import Registry
 #: registry of tokenizer entry points: ``fn(**overrides) -> Tokenizer``
 TOKENIZERS: Registry[Callable[..., Tokenizer]] = Registry("tokenizer")
 
-#: modules whose import registers tokenizer families (in-package models and the baselines)
-FAMILY_MODULES: tuple[str, ...] = (
-    "vfmtok.models.vfmtok",
-    "baselines.vqgan",
-    "baselines.llamagen_vq",
-)
+#: entry-point group of tokenizer family modules (``name = "package.module"``): importing one registers it
+ENTRY_POINT_GROUP = "vfmtok.tokenizers"
+#: registry name -> the ``load_official`` family of its released weights (paper-size architectures)
+_RELEASED: dict[str, str] = {}
+_families_loaded = False
 
 
-def register_tokenizer(name: str) -> Callable[[Callable[..., Tokenizer]], Callable[..., Tokenizer]]:
-    """Decorator registering a tokenizer entry point under ``name``."""
+def register_tokenizer(name: str, *, released: str | None = None
+                       ) -> Callable[[Callable[..., Tokenizer]], Callable[..., Tokenizer]]:
+    """Decorator registering a tokenizer entry point under ``name``; ``released`` names the ``load_official``
+    family when the architecture's weights were published (``create_tokenizer`` then warns they are random)."""
+    if released:
+        _RELEASED[name] = released
     return TOKENIZERS.register(name)
 
 
+def load_family(module: str) -> None:
+    """Import the tokenizer family ``module`` (its import registers its tokenizers)."""
+    importlib.import_module(module)
+
+
 def ensure_families_loaded() -> None:
-    """Import every module of :data:`FAMILY_MODULES` (idempotent)."""
-    for mod in FAMILY_MODULES:
-        importlib.import_module(mod)
+    """Import every family module of the ``vfmtok.tokenizers`` entry-point group (once per process)."""
+    global _families_loaded
+    if _families_loaded:
+        return
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    if not found:
+        raise RuntimeError(f"no tokenizer family is registered in the {ENTRY_POINT_GROUP!r} entry-point group: "
+                           "install the project (python -m pip install -e .) so its families are announced")
+    for ep in found:
+        try:
+            load_family(ep.value)
+        except ImportError as e:
+            raise ImportError(f"tokenizer family {ep.name!r} ({ep.value}) failed to import: {e}") from e
+    _families_loaded = True
 
 
 def list_tokenizers(pattern: str = "*", exclude: str | tuple[str, ...] = ()) -> list[str]:
@@ -48,13 +73,6 @@ def describe_tokenizer(name: str) -> str:
     return doc.splitlines()[0].rstrip(".") if doc else ""
 
 
-#: registry names of paper-size architectures whose weights were released, with their load_official family
-RELEASED_FAMILIES: tuple[tuple[str, str], ...] = (
-    ("vqgan_f16_*", "vqgan"),
-    ("llamagen_vq_f16_*", "llamagen_vq"),
-    ("llamagen_vq_f8_*", "llamagen_vq"),
-    ("vfmtok_dinov2_*", "vfmtok"),
-)
 _warned: set[str] = set()
 _loading_weights: contextvars.ContextVar[bool] = contextvars.ContextVar("vfmtok_loading_weights", default=False)
 
@@ -72,15 +90,16 @@ def loading_weights() -> Iterator[None]:
 
 def released_family(name: str) -> str | None:
     """The ``load_official`` family of a paper-size tokenizer with released weights, else None."""
-    return next((family for pattern, family in RELEASED_FAMILIES if fnmatch.fnmatch(name, pattern)), None)
+    ensure_families_loaded()
+    return _RELEASED.get(name)
 
 
 def create_tokenizer(name: str, *, pretrained: bool | None = None, **overrides: Any) -> Tokenizer:
     """Build the tokenizer registered as ``name`` with freshly initialised weights.
 
     ``None`` overrides mean "use the default". For a paper-size architecture whose weights were released
-    (:data:`RELEASED_FAMILIES`) it warns once that the weights are random, unless ``pretrained=False`` says
-    that this is intended; released weights load with ``vfmtok.load_official(family, path)``.
+    (``register_tokenizer(..., released=FAMILY)``) it warns once that the weights are random, unless
+    ``pretrained=False`` says that this is intended; released weights load with ``vfmtok.load_official(family, path)``.
     """
     ensure_families_loaded()
     if pretrained:

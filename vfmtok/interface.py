@@ -14,13 +14,17 @@ import abc
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from vfmtok.checkpoint import load_state_dict_strict, save_pretrained
 from vfmtok.images import to_model_range, to_uint8
+
+if TYPE_CHECKING:  # for the annotation only: the encoders package loads torch-fidelity and timm
+    from vfmtok.encoders.base import FrozenEncoder
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,27 @@ class TokenizerSpec:
         d = dict(d)
         d["token_grid"] = tuple(d["token_grid"]) if d.get("token_grid") else None
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a tokenizer's ``L`` tokens are arranged, for the GPT's positions and for figures.
+
+    ``kind="grid"``: raster order over a ``grid`` of image patches. ``kind="query"``: learned query tokens with no
+    fixed image location, laid out on ``grid`` (``grid[0] * grid[1] == L``) for 2-D position encodings.
+    """
+
+    kind: str  # "grid" | "query"
+    grid: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("grid", "query"):
+            raise ValueError(f"token layout kind must be 'grid' or 'query', got {self.kind!r}")
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image."""
+        return self.grid[0] * self.grid[1]
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,16 @@ class Tokenizer(nn.Module, abc.ABC):
     Subclasses implement :meth:`encode`, :meth:`decode`, :meth:`codebook`, :meth:`forward` and
     :meth:`describe`. Frozen sub-modules (a pretrained encoder) are named in ``frozen_modules``:
     they stay in eval mode, receive no gradient and are excluded from checkpoints.
+
+    Optional parts of the contract, with defaults that suit a plain tokenizer trained from pixels:
+
+    * :attr:`frozen_encoder`: the frozen vision encoder whose features training reads (the harness caches them);
+    * :meth:`token_layout`: grid or query tokens, and the grid the GPT lays them out on;
+    * :meth:`extra_metrics`: the tokenizer's own evaluation numbers (VFMTok's semantic loss);
+    * :meth:`adaptive_weight_layer`: the decoder weight the adaptive GAN weight differentiates through.
+
+    The harness uses only this contract, so a new family is one module that subclasses :class:`Tokenizer` and
+    registers its entry points (``vfmtok.register_tokenizer``).
     """
 
     #: attribute names of frozen sub-modules (kept in eval mode, not trained, not saved)
@@ -126,6 +161,26 @@ class Tokenizer(nn.Module, abc.ABC):
     def codebook(self) -> torch.Tensor:
         """float [K, D]: the codes as the decoder sees them (after l2-normalisation where used)."""
         raise NotImplementedError(f"{self.registry_name} is continuous: it has no codebook")
+
+    @property
+    def frozen_encoder(self) -> FrozenEncoder | None:
+        """The frozen vision encoder this tokenizer reads features from, or None."""
+        return None
+
+    def token_layout(self) -> TokenLayout:
+        """How the tokens are arranged; grid tokenizers give their ``token_grid`` in raster order."""
+        grid = self.describe()["token_grid"]
+        if grid is None:
+            raise NotImplementedError(f"{self.registry_name} has no token grid: override token_layout()")
+        return TokenLayout("grid", tuple(grid))
+
+    def extra_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """The tokenizer's own evaluation numbers on float images ``x`` [B,3,H,W] in [-1, 1], by metric key."""
+        return {}
+
+    def adaptive_weight_layer(self) -> torch.Tensor | None:
+        """The decoder's last weight, for the adaptive GAN loss weight (taming); None when there is none."""
+        return None
 
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """int64 [B, L] -> float [B, L, D] codebook lookup."""
@@ -187,8 +242,6 @@ class Tokenizer(nn.Module, abc.ABC):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a :meth:`trainable_state_dict`; missing or unexpected keys raise with their names."""
-        from vfmtok.checkpoint import load_state_dict_strict
-
         load_state_dict_strict(self, state, ignore_missing=self._is_frozen_key)
 
     # ----------------------------------------------------------------- uint8 harness edges
@@ -254,6 +307,4 @@ class Tokenizer(nn.Module, abc.ABC):
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str) -> None:
         """Write weights (safetensors), spec and constructor kwargs to ``directory``."""
-        from vfmtok.checkpoint import save_pretrained
-
         save_pretrained(self, directory)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from vfmtok.assets import MissingAssetError
+from vfmtok.fid_inception import converted_weights_path
 from vfmtok.metrics import reference
-from vfmtok.metrics.inception import converted_weights_path, fid_extractor
+from vfmtok.metrics.inception import fid_extractor
 
 N = 128  # images per side
 

@@ -8,8 +8,8 @@ import torch
 import vfmtok.ar.sampling as sampling
 from vfmtok import create_tokenizer, list_tokenizers
 from vfmtok.ar import GPT, create_gpt, generate
-from vfmtok.ar.evaluate import sample_images
 from vfmtok.ar.sampling import filter_logits, guidance_scale, sample_logits
+from vfmtok.evaluation.samples import sample_images
 
 VOCAB, CLASSES = 64, 10
 GRIDS = [(4, 4), (2, 8)]  # square (raster) and non-square (e.g. a query grid)

@@ -12,8 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.distributed import workers
+from vfmtok.assets import MissingAssetError
 from vfmtok.data import synthetic
-from vfmtok.metrics.inception import MissingAssetError, fid_extractor
+from vfmtok.metrics.inception import fid_extractor
 from vfmtok.metrics.reference import gfid
 
 pytestmark = pytest.mark.distributed
@@ -133,7 +134,7 @@ def test_killed_rank_stops_the_job_and_the_relaunch_resumes(tmp_path) -> None:
     a = torch.load(tmp_path / "straight/checkpoints/step_00000006.pt", weights_only=False)
     b = torch.load(ckpts / "step_00000006.pt", weights_only=False)
     assert a["history"] == b["history"]
-    for part in ("model", "opt"):
+    for part in ("model", "optimizers"):
         flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
         assert flat_a.keys() == flat_b.keys()
         for key in flat_a:

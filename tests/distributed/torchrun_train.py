@@ -32,14 +32,14 @@ def main() -> None:
     cfg = TokenizerTrainConfig(steps=6, batch_size=8, lr=1e-3, disc_start=10**9, ema_decay=0.9, checkpoint_every=2,
                                log_every=1, flip=True, perceptual_weight=0.0, progress=False)
     trainer = TokenizerTrainer(model, synthetic(32, size=model.spec.image_size, seed=1), cfg, args.out)
-    step = trainer._generator_step
+    step = trainer.train_step
 
-    def maybe_die(x, features):
+    def maybe_die(batch):
         if rank_world()[0] == args.kill_rank and trainer.step == args.kill_step:
             os._exit(3)
-        return step(x, features)
+        return step(batch)
 
-    trainer._generator_step = maybe_die
+    trainer.train_step = maybe_die
     trainer.fit()
 
 

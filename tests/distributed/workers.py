@@ -10,12 +10,12 @@ import torch.distributed as dist
 
 from vfmtok import create_tokenizer
 from vfmtok.ar import create_gpt
-from vfmtok.ar.evaluate import sample_images
 from vfmtok.data import synthetic
-from vfmtok.data.feature_cache import CachedFeatureDataset, build_feature_cache
-from vfmtok.data.token_cache import build_token_cache
 from vfmtok.distributed import rank_world
+from vfmtok.encoders.feature_cache import CachedFeatureDataset, build_feature_cache
+from vfmtok.evaluation.samples import sample_images
 from vfmtok.images import to_model_range
+from vfmtok.token_cache import build_token_cache
 from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
 from vfmtok.train.ar_trainer import ARTrainConfig, train_ar
 

@@ -53,16 +53,16 @@ def test_second_run_is_cached_and_byte_identical(first_run, bench_dirs, caplog) 
 def test_killed_run_resumes_without_recomputing(first_run, bench_dirs, tmp_path, monkeypatch) -> None:
     dirs = [f"results_dir={tmp_path / 'results'}", f"work_dir={tmp_path / 'work'}", "progress=false",
             "tokenizers=[vqgan]"]
-    original = pipeline.Plan._probe
+    original = pipeline.Pipeline._probe
 
     def killed(self, tok):
         raise KeyboardInterrupt("simulated kill during the probe stage")
 
-    monkeypatch.setattr(pipeline.Plan, "_probe", killed)
+    monkeypatch.setattr(pipeline.Pipeline, "_probe", killed)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(["preset=smoke", *dirs])
     assert not (tmp_path / "results" / "runs").exists()
-    monkeypatch.setattr(pipeline.Plan, "_probe", original)
+    monkeypatch.setattr(pipeline.Pipeline, "_probe", original)
     calls = []
     monkeypatch.setattr(pipeline.TokenizerTrainer, "fit", lambda *a, **k: calls.append(1))
     record = run_benchmark(["preset=smoke", *dirs])  # training would fail now: it must come from the cache

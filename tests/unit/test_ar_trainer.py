@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from tests.conftest import random_images
 from vfmtok import create_tokenizer
 from vfmtok.ar import GPT, create_gpt, load_gpt_checkpoint
-from vfmtok.data.token_cache import TokenDataset, build_token_cache
+from vfmtok.token_cache import TokenDataset, build_token_cache
 from vfmtok.train.ar_trainer import ARTrainConfig, train_ar
 from vfmtok.train.common import CheckpointManager, NonFiniteLossError
 
@@ -83,7 +83,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path: Path, token_dataset: 
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     last = torch.load(tmp_path / "run" / "checkpoints" / "step_00000012.pt", weights_only=False)
     last_ref = torch.load(tmp_path / "ref" / "checkpoints" / "step_00000012.pt", weights_only=False)
-    for sa, sb in zip(last["optimizer"]["state"].values(), last_ref["optimizer"]["state"].values()):
+    for sa, sb in zip(last["optimizers"]["model"]["state"].values(), last_ref["optimizers"]["model"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
 
@@ -114,7 +114,8 @@ def test_export_loads_ema_weights_and_optimizer_groups(tmp_path: Path, token_dat
     loaded = load_gpt_checkpoint(_gpt(seed=5), result.checkpoint_path)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in exported["ema"].items())
     assert not torch.equal(exported["ema"]["output.weight"], exported["model"]["output.weight"])
-    groups = torch.load(tmp_path / "checkpoints" / "step_00000004.pt", weights_only=False)["optimizer"]["param_groups"]
+    state = torch.load(tmp_path / "checkpoints" / "step_00000004.pt", weights_only=False)
+    groups = state["optimizers"]["model"]["param_groups"]
     n_matrix = sum(p.dim() >= 2 for p in model.parameters())
     assert [(g["weight_decay"], len(g["params"])) for g in groups] == [
         (0.05, n_matrix), (0.0, sum(1 for _ in model.parameters()) - n_matrix)]

@@ -37,6 +37,33 @@ def test_wrong_type_and_unknown_tokenizer_are_named() -> None:
         load_config(["preset=smoke", "tokenizers=[nosuch]"])
 
 
+def test_catalog_entries_can_be_added_from_the_command_line() -> None:
+    from vfmtok.errors import ConfigError
+
+    cfg = load_config(["preset=smoke", "tokenizers=[toy,vqgan]", "+catalog.toy={name: test_vqgan, steps: 7}",
+                       "+catalog.toy.lr=0.01"])
+    toy = cfg.catalog["toy"]
+    assert (toy.name, toy.steps, toy.lr, toy.batch_size) == ("test_vqgan", 7, 0.01, 32)
+    assert cfg.catalog["vqgan"].name == "test_vqgan" and cfg.tokenizers == ["toy", "vqgan"]
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'stepz'"):
+        load_config(["preset=smoke", "+catalog.toy={name: test_vqgan, stepz: 7}"])
+    with pytest.raises(ConfigError, match="already has a tokenizer 'vqgan'"):
+        load_config(["preset=smoke", "+catalog.vqgan.steps=3"])
+    with pytest.raises(ConfigError, match=r"catalog.toy.lr must be > 0, got -1.0"):
+        load_config(["preset=smoke", "tokenizers=[toy]", "+catalog.toy={name: test_vqgan, lr: -1.0}"])
+
+
+def test_trainer_settings_come_from_the_trainer_and_run_wide_ones_are_refused() -> None:
+    from vfmtok.errors import ConfigError
+
+    cfg = load_config(["preset=smoke", "catalog.vqgan.schedule=cosine", "ar.grad_accum=2"])
+    assert cfg.catalog["vqgan"].schedule == "cosine" and cfg.ar.grad_accum == 2
+    with pytest.raises(ConfigError, match=r"catalog.vqgan.schedule must be 'constant' or 'cosine'"):
+        load_config(["preset=smoke", "catalog.vqgan.schedule=linear"])
+    with pytest.raises(ConfigError, match=r"catalog.vqgan.seed=3: this setting is the run's"):
+        load_config(["preset=smoke", "catalog.vqgan.seed=3"])
+
+
 def test_train_tokenizer_command_trains_and_resumes(tmp_path, capsys) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", arr_0=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))

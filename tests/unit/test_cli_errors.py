@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,8 +14,10 @@ import pytest
 from PIL import Image
 
 from benchmarks.run import main as bench_main
-from vfmtok.cli import main
+from vfmtok.cli import build_parser, main
 from vfmtok.errors import ConfigError, one_line, run_guarded
+from vfmtok.train import TokenizerTrainConfig
+from vfmtok.train.config import config_from
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,11 +119,17 @@ def test_bench_help_lists_presets_tokenizers_and_defaults(capsys) -> None:
     assert "presets (" in text and "llamagen_vq_f16_k16384" in text and "--show" in text
 
 
-def test_train_tokenizer_help_shows_defaults(capsys) -> None:
+def test_train_tokenizer_options_and_defaults_come_from_the_config(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train-tokenizer", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 2000)" in text and "(default: 0.0002)" in text
+    defaults = TokenizerTrainConfig()
+    assert f"--steps STEPS optimizer steps (> 0) (default: {defaults.steps})" in text
+    assert f"(default: {defaults.lr})" in text and "--schedule {constant,cosine}" in text and "--no-flip" in text
+    args = build_parser().parse_args(["train-tokenizer", "--tokenizer", "t", "--out", "o", "--betas", "0.5", "0.9",
+                                      "--flip", "--no-ema-warmup", "--pixel-loss", "l1"])
+    assert config_from(TokenizerTrainConfig, args) == dataclasses.replace(
+        defaults, betas=(0.5, 0.9), flip=True, ema_warmup=False, pixel_loss="l1", device=args.device)
 
 
 def test_list_prints_one_line_descriptions(capsys) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import vfmtok.data.cache as cache_mod
+import vfmtok.assets as assets_mod
 from vfmtok import assets
 from vfmtok.data import (
     DATASETS,
@@ -23,7 +23,6 @@ from vfmtok.data import (
     build_dataset,
     cifar10,
     decode_image,
-    file_sha256,
     image_folder,
     image_tar,
     kodak,
@@ -216,11 +215,11 @@ def test_array_cache_tracks_content(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert changed.images[0, 0, 0, 0] == 201 and changed.fingerprint() != first.fingerprint()
     archive = _tar(root, tmp_path / "tree.tar")
     calls: list[Path] = []
-    real = cache_mod.sha256_file
-    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = assets_mod.sha256_file
+    monkeypatch.setattr(assets_mod, "sha256_file", lambda p: calls.append(p) or real(p))
     a = image_tar(archive)
     assert image_tar(archive).fingerprint() == a.fingerprint() and len(calls) == 1  # hash remembered
-    assert file_sha256(archive) == real(archive)
+    assert assets_mod.file_sha256(archive) == real(archive)
     _tar(_tree(tmp_path / "other"), archive)  # same path, new content
     os.utime(archive, ns=(2, 2))
     assert image_tar(archive).fingerprint() != a.fingerprint() and len(calls) == 2

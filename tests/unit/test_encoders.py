@@ -7,7 +7,8 @@ import torch
 
 from tests.conftest import random_images
 from vfmtok.encoders import FeatureOutput, create_encoder, list_encoders
-from vfmtok.encoders.inception import InceptionEncoder, random_fid_inception
+from vfmtok.encoders.inception import InceptionEncoder
+from vfmtok.fid_inception import random_fid_inception
 from vfmtok.images import to_model_range
 
 

@@ -13,12 +13,11 @@ import torch
 from tests.unit.test_stream import make_jpeg_folder
 from vfmtok import create_tokenizer
 from vfmtok.ar import create_gpt
-from vfmtok.ar.evaluate import sample_images
 from vfmtok.cli import main
 from vfmtok.data import open_images, read_image_folder
 from vfmtok.evaluation.recon import evaluate_reconstruction_stream
 from vfmtok.evaluation.resolve import resolve_gpt, resolve_tokenizer
-from vfmtok.evaluation.samples import draw_labels, sample_to_npz
+from vfmtok.evaluation.samples import draw_labels, sample_images, sample_to_npz
 from vfmtok.evaluation.shards import RunningMoments
 from vfmtok.metrics.evaluate import evaluate_reconstruction
 from vfmtok.metrics.fidelity import GaussianStats, frechet_distance
@@ -297,7 +296,7 @@ def test_sample_cli_gpt_forms_resume_and_bad_input(
     arrays = _npz(tmp_path / "ours" / "samples.npz")
     assert arrays["arr_0"].shape == (10, 16, 16, 3) and arrays["arr_0"].dtype == np.uint8
 
-    import vfmtok.ar.sampling as sampling
+    import vfmtok.evaluation.samples as sampling
 
     calls = {"n": 0}
     original = sampling.generate

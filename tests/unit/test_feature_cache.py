@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import random_images
-from vfmtok.data.feature_cache import CachedFeatureDataset, FeatureCache, build_feature_cache
 from vfmtok.encoders import create_encoder
+from vfmtok.encoders.feature_cache import CachedFeatureDataset, FeatureCache, build_feature_cache
 from vfmtok.images import to_model_range
 
 N = 10

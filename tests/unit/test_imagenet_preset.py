@@ -109,8 +109,8 @@ def test_streamed_reconstruction_stage_matches_the_in_memory_metrics(tmp_path, m
     """data.stream reads ImageNet-style val folders lazily; the stage's PSNR/SSIM/usage equal the in-memory path."""
     from PIL import Image
 
-    from benchmarks import pipeline
-    from vfmtok.data.stream import open_images
+    from benchmarks import context, pipeline
+    from vfmtok.data.sources import open_images
     from vfmtok.metrics.evaluate import evaluate_reconstruction
 
     val = tmp_path / "data" / "imagenet" / "val"
@@ -121,9 +121,9 @@ def test_streamed_reconstruction_stage_matches_the_in_memory_metrics(tmp_path, m
     monkeypatch.setenv("VFMTOK_DATA", str(tmp_path / "data"))
     cfg = load_config(["preset=imagenet256", "data.image_size=16", "data.eval_n=5", "suite.fid=false",
                        "device=cpu"])
-    data = pipeline.prepare_data(cfg)
+    data = context.prepare_data(cfg)
     assert data.stream and data.train is None and len(data.eval) == 6 and data.describe()["sizes"] == {"eval": 6}
-    plan = pipeline.Plan(cfg, StageRunner(tmp_path / "work"), data)
+    plan = pipeline.Pipeline(cfg, StageRunner(tmp_path / "work"), data)
     torch.manual_seed(0)
     tok = create_tokenizer("test_llamagen_vq").eval()
     (tmp_path / "stage").mkdir()

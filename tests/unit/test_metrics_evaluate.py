@@ -14,7 +14,7 @@ from vfmtok.data import make_loader, synthetic
 from vfmtok.metrics import evaluate as evaluate_module
 from vfmtok.metrics.codebook import CodebookMeter
 from vfmtok.metrics.evaluate import evaluate_reconstruction
-from vfmtok.metrics.fidelity import fid_from_features
+from vfmtok.metrics.fidelity import fid_from_features, kid_from_features
 from vfmtok.metrics.recon import psnr_per_image, ssim_per_image
 from vfmtok.metrics.throughput import measure
 
@@ -47,6 +47,13 @@ def test_discrete_tokenizer_numbers_equal_its_own_paths(vq, tmp_path) -> None:
     feats = lambda x: ex.module(x)[0].detach()  # noqa: E731
     assert res["rfid"] == pytest.approx(fid_from_features(feats(recon), feats(images)), rel=1e-6)
     assert res["rfid_n"] == 10 and res["fid_info"]["weights_sha256"] == "w0"
+    results = res["results"]
+    assert list(results) == ["psnr", "ssim", "lpips", "rfid", "kid", "codebook_usage", "codebook_perplexity",
+                             "codebook_entropy_bits"]
+    assert results["rfid"].value == res["rfid"] and results["codebook_usage"].value == res["codebook_usage"]
+    kid = kid_from_features(feats(recon), feats(images), subset_size=10)[0]  # same pool3 features, subsets of n
+    assert results["kid"].value == pytest.approx(kid, rel=1e-6) and results["kid"].setting["subset_size"] == 10
+    assert results["lpips"].value is None and results["lpips"].reason.startswith("LPIPS unavailable")
     with np.load(res["recon_npz"]) as f:  # lossless ADM batch of exactly the reconstructions
         assert np.array_equal(f["arr_0"], recon.permute(0, 2, 3, 1).numpy())
 
@@ -70,6 +77,7 @@ def test_continuous_tokenizer_and_missing_weights(monkeypatch) -> None:
     monkeypatch.setattr(evaluate_module, "fid_extractor", missing)
     res = evaluate_reconstruction(tok, synthetic(4, size=32, seed=3).tensors()[0], batch_size=2)
     assert res["rfid"] is None and "weights not found" in res["rfid_reason"]
+    assert res["results"]["kid"].reason == res["rfid_reason"] and "codebook_usage" not in res["results"]
     assert "codebook_usage" not in res and res["n"] == 4 and np.isfinite(res["psnr"])
     off = evaluate_reconstruction(tok, synthetic(2, size=32, seed=3), batch_size=2, fid=False)
     assert off["rfid"] is None and off["rfid_reason"] == "FID disabled in this run"

@@ -23,6 +23,7 @@ from vfmtok.metrics.fidelity import (
     kid_from_features,
     precision_recall,
 )
+from vfmtok.metrics.reference import ReferenceStats, distance_results
 from vfmtok.metrics.sources import content_hash, iter_batches
 
 
@@ -75,6 +76,21 @@ def test_kid_matches_torch_fidelity(n1: int, n2: int, size: int) -> None:
     assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6)
     assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-6)
     assert mean > 0 and kid_from_features(a, a.flip(0), subsets=5, subset_size=50)[0] < mean
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(150, 120), (1200, 1100)])
+def test_reported_kid_is_torch_fidelitys_default(n1: int, n2: int) -> None:
+    """The KID the stages report: torch-fidelity's 100 subsets of 1000, or of the smaller set's size below that."""
+    fake, real = _features(7, n1, d=16), _features(8, n2, d=16, shift=0.2)
+    stats = GaussianStats.of(real)
+    results = distance_results("rfid", fake, ReferenceStats(stats.mu, stats.sigma, real, stats.n, "key"))
+    size = min(1000, n1, n2)
+    ref = kid_features_to_metric(fake.double(), real.double(), kid_subsets=100, kid_subset_size=size, verbose=False,
+                                 rng_seed=2020, kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                 kid_kernel_poly_coef0=1)
+    assert results["kid"].value == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6)
+    assert results["kid"].n == n1 and results["kid"].setting == {"subsets": 100, "subset_size": size}
+    assert results["rfid"].value == pytest.approx(fid_from_features(fake, real), rel=1e-12)
 
 
 def test_precision_recall_matches_torch_fidelity() -> None:

@@ -10,9 +10,10 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 
 from vfmtok import assets
 from vfmtok.assets import FID_SHA256, FID_WHEEL, MissingAssetError, fid_inception_path
+from vfmtok.fid_inception import inception_score_unavailable_reason
 from vfmtok.metrics import reference
 from vfmtok.metrics.fidelity import inception_features
-from vfmtok.metrics.inception import fid_extractor, inception_score_unavailable_reason
+from vfmtok.metrics.inception import fid_extractor
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_cifar10_train5000_vs_test5000_matches_torch_fidelity(extractor, data_ro
     import torch_fidelity
 
     from vfmtok.data import cifar10
-    from vfmtok.metrics.inception import converted_weights_path
+    from vfmtok.fid_inception import converted_weights_path
 
     train = cifar10("train", root=data_root, order="official")[:5000]
     test = cifar10("test", root=data_root, order="official")[:5000]

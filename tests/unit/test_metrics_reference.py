@@ -107,9 +107,12 @@ def test_rfid_and_gfid_record_counts_and_match_the_features(cache) -> None:
     k = reference.kid(fake, real, subsets=5, subset_size=8, extractor=ex)
     assert k["value"] == pytest.approx(kid_from_features(ex.module(fake)[0].detach(), ex.module(real)[0].detach(),
                                                          subsets=5, subset_size=8)[0], rel=1e-9)
-    pr = reference.precision_recall_for(fake, real, extractor=ex, isc=False)
-    assert (pr["precision"], pr["recall"]) == precision_recall(ex.module(fake)[0].detach(),
-                                                               ex.module(real)[0].detach())
+    results = reference.sample_results(fake[:10], real, extractor=ex, isc=False)
+    f, r = ex.module(fake[:10])[0].detach(), ex.module(real)[0].detach()
+    assert list(results) == ["gfid", "kid", "precision", "recall"] and results["gfid"].value == g["value"]
+    assert (results["precision"].value, results["recall"].value) == precision_recall(f, r)
+    assert results["kid"].n == 10 and results["kid"].setting == {"subsets": 100, "subset_size": 10}  # min(n)
+    assert results["kid"].value == pytest.approx(kid_from_features(f, r, subset_size=10)[0], rel=1e-12)
 
 
 def test_npz_export_is_adm_format_and_atomic(tmp_path) -> None:

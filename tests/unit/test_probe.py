@@ -8,7 +8,7 @@ import torch
 from vfmtok import create_tokenizer
 from vfmtok.data import synthetic
 from vfmtok.interface import Encoded
-from vfmtok.metrics.probe import cached_features, extract_features, linear_probe, probe
+from vfmtok.metrics.probe import cached_features, extract_probe_features, linear_probe, probe
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_probe_reports_its_protocol_and_is_deterministic(vq) -> None:
 
 def test_features_are_pooled_latents_and_fall_back_when_no_pre_quant(vq, monkeypatch) -> None:
     images, labels = synthetic(6, size=16, seed=4).tensors()
-    feats = extract_features(vq, (images, labels), batch_size=4)
+    feats = extract_probe_features(vq, (images, labels), batch_size=4)
     with torch.inference_mode():
         enc = vq.encode(vq.prepare(images))
     torch.testing.assert_close(feats["codes"], enc.latents.mean(1))
@@ -63,7 +63,7 @@ def test_features_are_pooled_latents_and_fall_back_when_no_pre_quant(vq, monkeyp
     assert torch.equal(feats.labels, labels)
     original = vq.encode
     monkeypatch.setattr(vq, "encode", lambda x: Encoded(original(x).indices, original(x).latents, {}))
-    fallback = extract_features(vq, (images, labels))
+    fallback = extract_probe_features(vq, (images, labels))
     assert fallback.taps["pre_quant"] == "Encoded.latents (no pre_quant exposed)"
     torch.testing.assert_close(fallback["pre_quant"], fallback["codes"])
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.records import Row, build_record, load_records, validate, write_record
+from benchmarks.metric_specs import spec
+from benchmarks.records import Row, build_record, load_records, stage_rows, validate, write_record
 from benchmarks.regress import baseline_from_record, compare, report
-from benchmarks.tables import render
+from benchmarks.tables import TABLES, render
+from vfmtok.metrics.result import MetricResult
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tables"
 
@@ -37,6 +39,31 @@ def test_missing_value_needs_reason() -> None:
         Row("t", "psnr", None)
     with pytest.raises(KeyError, match="unknown metric"):
         Row("t", "psnr_typo", 1.0)
+
+
+def test_stage_rows_keep_the_row_format_in_reported_units() -> None:
+    results = {"codebook_usage": MetricResult(0.875, 100), "kid": MetricResult(0.0123, 50, setting={"subsets": 100}),
+               "rfid": MetricResult.unavailable("FID disabled in this run", 100)}
+    rows = stage_rows(results, {"cfg_scale": 1.0})
+    assert rows == [
+        {"metric": "codebook_usage", "value": 87.5, "n": 100, "setting": {"cfg_scale": 1.0}, "reason": None},
+        {"metric": "kid", "value": pytest.approx(12.3), "n": 50, "setting": {"cfg_scale": 1.0, "subsets": 100},
+         "reason": None},
+        {"metric": "rfid", "value": None, "n": 100, "setting": {"cfg_scale": 1.0},
+         "reason": "FID disabled in this run"}]
+    assert Row("t", **rows[0]) == Row("t", "codebook_usage", 87.5, n=100, setting={"cfg_scale": 1.0})
+    with pytest.raises(KeyError, match="unknown metric"):
+        stage_rows({"psnr_typo": MetricResult(1.0)})
+
+
+def test_specs_place_kid_next_to_fid_and_gate_from_one_place() -> None:
+    headers = {t.name: [c.header() for c in t.columns] for t in TABLES}
+    assert headers["reconstruction"][3:5] == ["rFID ↓", "KID ×10³ ↓"]
+    assert headers["generation"][:2] == ["gFID ↓ [cfg=1]", "KID ×10³ ↓ [cfg=1]"]
+    assert headers["generation"][5:7] == ["gFID ↓ [best cfg]", "KID ×10³ ↓ [best cfg]"]
+    base = baseline_from_record(_record(), tolerances={"ssim": 0.1})
+    assert base["tolerances"] == {"codebook_usage": 10.0, "gfid": 25.0, "psnr": 0.5, "ssim": 0.1}
+    assert not spec("encode_img_per_s").gated and spec("kid").tolerance == 5.0
 
 
 def test_validate_rejects_unknown_keys() -> None:

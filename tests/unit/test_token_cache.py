@@ -11,8 +11,8 @@ import torch
 
 from tests.conftest import random_images
 from vfmtok import create_tokenizer, store
-from vfmtok.data.token_cache import TokenCache, TokenDataset, build_token_cache, disk_dtype
 from vfmtok.interface import TokenizerSpec
+from vfmtok.token_cache import TokenCache, TokenDataset, build_token_cache, disk_dtype
 
 
 @pytest.fixture(scope="module")

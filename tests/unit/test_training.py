@@ -164,9 +164,9 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path) -> None:
     assert all("disc" in h and "gan" in h for h in straight.history[2:])
     a = torch.load(sorted((tmp_path / "a/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
     b = torch.load(sorted((tmp_path / "b/checkpoints").glob("step_*.pt"))[-1], weights_only=False)
-    for part in ("model", "disc"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    for part, (sa, sb) in {"model": (a["model"], b["model"]), "disc": (a["extra"]["disc"], b["extra"]["disc"])}.items():
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{part}.{key}"
     for key in a["ema"]["shadow"]:
         assert torch.equal(a["ema"]["shadow"][key], b["ema"]["shadow"][key]), key
 
@@ -201,13 +201,13 @@ def test_non_finite_loss_is_named(tmp_path, bad) -> None:
 def test_lr_warmup_and_cosine_reach_both_optimizers(tmp_path) -> None:
     trainer = _trainer(tmp_path, steps=8, warmup_steps=4, schedule="cosine", lr=1e-3)
     seen = []
-    step = trainer._generator_step
+    step = trainer.train_step
 
-    def spy(x, features):
-        seen.append((trainer.opt.param_groups[0]["lr"], trainer.opt_disc.param_groups[0]["lr"]))
-        return step(x, features)
+    def spy(batch):
+        seen.append(tuple(trainer.optimizers[name].param_groups[0]["lr"] for name in ("model", "disc")))
+        return step(batch)
 
-    trainer._generator_step = spy
+    trainer.train_step = spy
     trainer.fit()
     gen = [g for g, _ in seen]
     assert [g == d for g, d in seen] == [True] * 8
@@ -224,6 +224,6 @@ def test_loss_decreases_and_exports(tmp_path) -> None:
 
 def test_only_trainable_parameters_are_optimised(tmp_path) -> None:
     trainer = _trainer(tmp_path, name="test_vfmtok")
-    optimised = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
+    optimised = {id(p) for g in trainer.optimizers["model"].param_groups for p in g["params"]}
     assert not any(id(p) in optimised for p in trainer.model.encoder.parameters())
     assert len(optimised) == sum(1 for _, p in trainer.model.trainable_named_parameters() if p.requires_grad)

@@ -136,5 +136,9 @@ def test_from_pretrained_names_the_damaged_file(tmp_path) -> None:
     with pytest.raises(ValueError, match=rf"{config} is damaged"):
         from_pretrained(tmp_path / "tok")
     config.write_text(json.dumps({**json.loads(good_config), "name": "test_llamagen_vq"}))
+    with pytest.raises(ValueError, match=rf"{config}: the saved spec differs .*'latent_dim': \(8, 4\)"):
+        from_pretrained(tmp_path / "tok")  # another architecture under the saved name: the spec check names it
+    config.write_text(json.dumps({k: v for k, v in json.loads(good_config).items() if k != "spec"}
+                                 | {"name": "test_llamagen_vq"}))
     with pytest.raises(CheckpointKeyError, match=str(weights)):
-        from_pretrained(tmp_path / "tok")  # weights of another architecture: the file is named
+        from_pretrained(tmp_path / "tok")  # no saved spec: the weights of another architecture name the file

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vfmtok.checkpoint import load_state_dict_strict
+from vfmtok.checkpoint import load_checkpoint_file, load_state_dict_strict, select_weights, tag_loaded
 from vfmtok.registry import Registry
 
 
@@ -419,11 +419,11 @@ def load_gpt_checkpoint(model: GPT, path: str | Path,
     ``llamagen_gpt`` / ``vfmtok_gpt``, whose default is what each family's own sampler reads. ``module.`` /
     ``_orig_mod.`` prefixes are stripped; ``freqs_cis`` and KV-cache entries are ignored; anything else missing,
     unexpected or mis-shaped raises :class:`vfmtok.checkpoint.CheckpointKeyError`. The model records the choice in
-    ``loaded_weights`` / ``loaded_container`` / ``source_path``.
+    ``loaded_weights`` / ``loaded_container`` / ``source_path``. The trainer's step checkpoints hold the EMA state
+    (``ema``, or ``ema_state`` in those of earlier versions), whose averaged weights count as ``ema`` weights.
     """
-    from vfmtok.checkpoint import select_weights, tag_loaded
-
-    selected = select_weights(path, weights, (*containers, ""), family="GPT checkpoint")
+    ckpt = _ema_as_weights(load_checkpoint_file(path))
+    selected = select_weights(path, weights, (*containers, ""), family="GPT checkpoint", ckpt=ckpt)
     cleaned = {}
     for key, value in selected.state.items():
         for prefix in ("module.", "_orig_mod."):
@@ -431,3 +431,12 @@ def load_gpt_checkpoint(model: GPT, path: str | Path,
         cleaned[key] = value
     load_state_dict_strict(model, cleaned, tolerated_extra=TOLERATED_EXTRA, source=str(path))
     return tag_loaded(model, selected, "gpt")
+
+
+def _ema_as_weights(ckpt: dict) -> dict:
+    """``ckpt`` with a training checkpoint's EMA state (``{"shadow": weights, ...}``) as its ``ema`` weights."""
+    for key in ("ema", "ema_state"):
+        state = ckpt.get(key)
+        if isinstance(state, dict) and isinstance(state.get("shadow"), dict):
+            return {**ckpt, "ema": state["shadow"]}
+    return ckpt

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from vfmtok.ar.gpt import AR_MODELS, GPT, TOLERATED_EXTRA, create_gpt
+from vfmtok.assets import released_by_filename
 from vfmtok.checkpoint import (
     OFFICIAL_LOADERS,
     CheckpointKeyError,
@@ -84,8 +85,6 @@ def infer_gpt_size(state: dict[str, torch.Tensor], n_head: int | None = None,
 
 def infer_num_tokens(family: str, path: str | Path, state: dict[str, torch.Tensor]) -> tuple[int | None, str]:
     """(num_tokens, where it came from) from a saved rotary table, the released file name or the family."""
-    from vfmtok.assets import released_by_filename
-
     freqs = state.get("freqs_cis")
     if isinstance(freqs, torch.Tensor) and freqs.dim() >= 2 and freqs.shape[0] > 1:
         return int(freqs.shape[0]) - 1, "the saved freqs_cis table (1 class row + one per token)"
@@ -98,8 +97,6 @@ def infer_num_tokens(family: str, path: str | Path, state: dict[str, torch.Tenso
 
 
 def _check_release_family(family: str, path: str | Path) -> None:
-    from vfmtok.assets import released_by_filename
-
     released = {e.family for e in released_by_filename(path)}
     others = (released & set(GPT_DEFAULT_CONTAINERS)) - {family}
     if others and family not in released:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from vfmtok.ar.sampling import CFG_SCHEDULES
+from vfmtok.checkpoint import WEIGHTS_CHOICES
 from vfmtok.registry import Registry
 
 GUIDANCE_RULES = ("not_one", "above_one")
@@ -63,9 +65,6 @@ class SamplingProtocol:
     description: str = ""
 
     def __post_init__(self) -> None:
-        from vfmtok.ar.sampling import CFG_SCHEDULES
-        from vfmtok.checkpoint import WEIGHTS_CHOICES
-
         for name, value, allowed in (("guidance", self.guidance, GUIDANCE_RULES),
                                      ("precision", self.precision, PRECISIONS),
                                      ("label_scheme", self.label_scheme, LABEL_SCHEMES),
@@ -142,7 +141,7 @@ register_protocol(SamplingProtocol(
         "cfg_interval": f"{_PROJECT}: generate(cfg_interval=None), guidance at every token",
         "guidance": f"{_PROJECT}: guidance whenever cfg_scale != 1 (scales below 1 included)",
         "precision": f"{_PROJECT}: the GPT runs in float32",
-        "label_scheme": f"{_PROJECT}: vfmtok.ar.evaluate.sample_images draws labels with torch.randint",
+        "label_scheme": f"{_PROJECT}: vfmtok.evaluation.samples.sample_images draws labels with torch.randint",
         "gpt_weights": f"{_PROJECT}: load_gpt_checkpoint prefers 'ema' in the project's own training files",
     },
     description="The project's own sampler defaults (not an official protocol)."))

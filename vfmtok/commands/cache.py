@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from vfmtok import store
+from vfmtok.assets import cache_dir, work_cache_dir
 from vfmtok.errors import UserError
 
 SHARED_KINDS = ("arrays", "features", "fid_reference", "probe_features", "fid_inception_converted")
@@ -30,7 +31,6 @@ REFS = ".refs"
 
 def _roots(work_dir: Path) -> list[tuple[Path, tuple[str, ...] | None]]:
     """(root, kinds to look at; None = every kind) of each cache."""
-    from vfmtok.assets import cache_dir, work_cache_dir
 
     roots: list[tuple[Path, tuple[str, ...] | None]] = [(work_dir, None)]
     for root in (work_cache_dir("x").parent, cache_dir()):

@@ -17,6 +17,10 @@ from typing import Any
 
 import torch
 
+from vfmtok.data.sources import open_images
+from vfmtok.distributed import init_from_env, is_main, local_device
+from vfmtok.evaluation.resolve import resolve_tokenizer
+
 
 def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     """``--tokenizer SPEC [--official FAMILY --checkpoint FILE]`` (shared with ``vfmtok sample``)."""
@@ -29,16 +33,13 @@ def add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
 
 def tokenizer_from_args(args: argparse.Namespace) -> Any:
     """The tokenizer the arguments name (:func:`vfmtok.evaluation.resolve.resolve_tokenizer`)."""
-    from vfmtok.evaluation.resolve import resolve_tokenizer
 
     overrides = {"image_size": args.tokenizer_size} if args.tokenizer_size else {}
     return resolve_tokenizer(args.tokenizer, args.official, args.checkpoint, **overrides)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vfmtok.data.stream import open_images
-    from vfmtok.distributed import init_from_env, is_main, local_device
-    from vfmtok.evaluation.recon import evaluate_reconstruction_stream
+    from vfmtok.evaluation.recon import evaluate_reconstruction_stream  # heavy (torch-fidelity): not for --help
 
     init_from_env(args.device)
     device = local_device(args.device)

@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from vfmtok.fileio import atomic_write_json
+from vfmtok.version import code_version
+
 SCHEMA = "vfmtok.fid/1"
 
 
@@ -29,9 +32,7 @@ def _fmt(value: float | None, reason: str | None) -> str:
 def run_fid(samples: str | Path, reference: str | Path, *, batch_size: int = 64, device: str = "cpu",
             inception_score: bool = True, sfid: bool = True, out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate, print, and (with ``out``) write the JSON record; returns the record."""
-    from vfmtok.checkpoint import code_version
-    from vfmtok.evaluation.adm import evaluate_samples
-    from vfmtok.fileio import atomic_write_json
+    from vfmtok.evaluation.adm import evaluate_samples  # heavy (torch-fidelity): not for --help
 
     if out is not None and Path(out).suffix != ".json":
         raise ValueError(f"--out {out}: expected a .json file name")

@@ -20,7 +20,10 @@ from typing import Any
 
 import torch
 
+from vfmtok.ar.protocols import get_protocol
 from vfmtok.commands.eval_recon import add_tokenizer_arguments, tokenizer_from_args
+from vfmtok.distributed import init_from_env, is_main, local_device
+from vfmtok.evaluation.resolve import resolve_gpt
 
 SAMPLING_FLAGS = ("cfg_scale", "cfg_schedule", "cfg_interval", "temperature", "top_k", "top_p", "guidance")
 
@@ -30,8 +33,6 @@ def sampling_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str, st
     kwargs: dict[str, Any] = {}
     precision, labels, record = "fp32", "uniform", None
     if args.protocol:
-        from vfmtok.ar.protocols import get_protocol
-
         proto = get_protocol(args.protocol)
         kwargs = dict(proto.sampling_kwargs())
         precision, labels = proto.precision, proto.label_scheme
@@ -44,9 +45,7 @@ def sampling_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str, st
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vfmtok.distributed import init_from_env, is_main, local_device
-    from vfmtok.evaluation.resolve import resolve_gpt
-    from vfmtok.evaluation.samples import sample_to_npz
+    from vfmtok.evaluation.samples import sample_to_npz  # heavy (torch-fidelity): not for --help
 
     init_from_env(args.device)
     device = local_device(args.device)

@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vfmtok.commands.eval_recon import add_tokenizer_arguments, tokenizer_from_args
+from vfmtok.data.sources import image_loader, open_images
+from vfmtok.fileio import atomic_write
+from vfmtok.progress import progress_bar
+
 
 def _tokenizer(args: argparse.Namespace):  # -> Tokenizer
-    from vfmtok.commands.eval_recon import tokenizer_from_args
 
     tok = tokenizer_from_args(args).to(args.device)
     if not tok.spec.is_discrete:
@@ -29,10 +33,6 @@ def _tokenizer(args: argparse.Namespace):  # -> Tokenizer
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from vfmtok.data.stream import image_loader, open_images
-    from vfmtok.fileio import atomic_write
-    from vfmtok.progress import progress_bar
-
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
     if args.num is not None and args.num <= 0:
@@ -65,8 +65,6 @@ def _tokenize(args: argparse.Namespace) -> int:
 def _detokenize(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from vfmtok.fileio import atomic_write
-    from vfmtok.progress import progress_bar
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be > 0, got {args.batch_size}")
@@ -100,7 +98,6 @@ def _detokenize(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``tokenize`` and ``detokenize`` to the ``vfmtok`` subcommands."""
-    from vfmtok.commands.eval_recon import add_tokenizer_arguments
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vfmtok.images import resize_uint8
+
 D = TypeVar("D", bound="DeterministicSubsets")
 
 
@@ -79,6 +81,10 @@ class ArrayDataset(DeterministicSubsets, Dataset):
         self.skipped: list[str] = []
         self._fingerprint: str | None = None
 
+    def to_arrays(self) -> ArrayDataset:
+        """This dataset (the in-memory form of every dataset type)."""
+        return self
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -128,3 +134,13 @@ class ArrayDataset(DeterministicSubsets, Dataset):
         out = ArrayDataset(self.images[idx], self.labels[idx], self.classes, f"{self.source}[{tag}]", names)
         out.skipped = list(self.skipped)
         return out
+
+
+def at_size(ds: DeterministicSubsets, size: int) -> ArrayDataset:
+    """``ds`` in memory at ``size`` x ``size`` (the ADM centre-crop resize policy) when it differs; a lazily read
+    dataset (:mod:`vfmtok.data.stream`) is decoded into memory here, so use it for small sets only."""
+    arrays = ds.to_arrays()
+    if arrays.image_size == (size, size):
+        return arrays
+    images = resize_uint8(torch.from_numpy(np.ascontiguousarray(arrays.images)), size)
+    return ArrayDataset(images, arrays.labels, arrays.classes, f"{arrays.source}@{size}px")

@@ -19,27 +19,12 @@ from typing import Any
 import numpy as np
 
 from vfmtok import store
-from vfmtok.assets import work_cache_dir
+from vfmtok.assets import file_sha256, work_cache_dir
 from vfmtok.data.arrays import ArrayDataset
-from vfmtok.fileio import atomic_save_npy, atomic_write_json, sha256_file, sha256_json
+from vfmtok.fileio import atomic_save_npy, atomic_write_json, sha256_json
 
 CACHE_VERSION = 2  # 2: entries of the verified store
 KIND = "arrays"
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered in the work cache per (absolute path, size, mtime)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    memo = work_cache_dir(".sha256") / f"{sha256_json([str(path), st.st_size, st.st_mtime_ns])[:32]}.json"
-    if memo.is_file():
-        try:
-            return json.loads(memo.read_text())["sha256"]
-        except (ValueError, KeyError):
-            pass  # unreadable memo: hash again and rewrite it
-    digest = sha256_file(path)
-    atomic_write_json(memo, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
-    return digest
 
 
 def source_identity(path: str | Path) -> dict[str, Any]:

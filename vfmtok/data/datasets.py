@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -282,17 +281,3 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
     """A DataLoader yielding (uint8 [B, 3, H, W], int64 [B]); the order depends only on ``seed`` when shuffling."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
                       drop_last=drop_last, num_workers=num_workers, collate_fn=collate_uint8)
-
-
-def dataset_summary(ds: Dataset) -> dict[str, Any]:
-    """Size, classes, source and fingerprint of a dataset: what a results record stores about its data."""
-    out: dict[str, Any] = {"n": len(ds), "classes": list(ds.classes), "source": getattr(ds, "source", "?"),
-                           "fingerprint": ds.fingerprint()}
-    if isinstance(ds, ArrayDataset):
-        out["image_size"] = list(ds.image_size)
-    elif isinstance(ds, LazyImages) and ds.size is not None:
-        out["image_size"] = [ds.size, ds.size]
-    if isinstance(ds, (ArrayDataset, LazyImages)):
-        out["label_counts"] = np.bincount(ds.labels, minlength=len(ds.classes)).tolist()
-        out["skipped"] = list(ds.skipped)
-    return out

@@ -1,4 +1,5 @@
-"""Frozen feature encoders: timm ViTs (DINOv2, CLIP, SigLIP) and the offline FID Inception-v3."""
+"""Frozen feature encoders: timm ViTs (DINOv2, CLIP, SigLIP) and the offline FID Inception-v3; their features
+cached on disk for training (:mod:`vfmtok.encoders.feature_cache`)."""
 
 from vfmtok.encoders import inception, timm_vit  # noqa: F401  (register the built-in encoders)
 from vfmtok.encoders.base import (

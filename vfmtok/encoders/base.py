@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vfmtok.fileio import sha256_state_dict
 from vfmtok.registry import Registry
 
 
@@ -73,14 +73,9 @@ class FrozenEncoder(nn.Module):
         return self.level_sizes[-1]
 
     def weights_id(self) -> str:
-        """sha256 over parameter and buffer names and bytes: the identity of the weights (cache keys)."""
+        """sha256 of the state dict (:func:`vfmtok.fileio.sha256_state_dict`): the identity of the weights."""
         if self._weights_id is None:
-            h = hashlib.sha256()
-            for key, t in sorted(self.state_dict().items()):
-                h.update(key.encode())
-                h.update(str(tuple(t.shape)).encode())
-                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-            self._weights_id = h.hexdigest()
+            self._weights_id = sha256_state_dict(self.state_dict())
         return self._weights_id
 
     def identity(self) -> dict[str, Any]:
@@ -116,8 +111,6 @@ def create_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
     the same name and seed always give the same encoder: a tokenizer rebuilt from its saved config gets
     back the encoder it was trained with, and feature-cache keys stay valid.
     """
-    import vfmtok.encoders  # noqa: F401  (registers the built-in encoders)
-
     builder = ENCODERS.get(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kwargs.get("pretrained", False) is False:
@@ -132,6 +125,4 @@ def create_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
 
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching ``pattern``."""
-    import vfmtok.encoders  # noqa: F401
-
     return ENCODERS.list(pattern)

@@ -10,9 +10,7 @@ results tables must say so.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +18,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from vfmtok.encoders.base import FrozenEncoder, register_encoder
+from vfmtok.fid_inception import load_fid_inception, random_fid_inception
 
 #: blocks of torch-fidelity's FeatureExtractorInceptionV3 in forward order (pools included)
 _STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
@@ -29,25 +28,8 @@ _MIXED = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"
 DEFAULT_LEVELS = ("Mixed_5d", "Mixed_6e", "Mixed_7c")
 
 
-class _UnloadedInceptionV3(FeatureExtractorInceptionV3):
-    """torch-fidelity's architecture with its default (random) initialisation: no weights are read."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: ANN001, D102
-        return None
-
-
-def random_fid_inception() -> FeatureExtractorInceptionV3:
-    """torch-fidelity's FeatureExtractorInceptionV3 with random weights (tests; no file, no network)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "empty.pt"
-        torch.save({}, empty)
-        return _UnloadedInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-
-
 def pretrained_fid_inception() -> FeatureExtractorInceptionV3:
     """The FID Inception with its real weights, from the offline asset (see ``vfmtok.metrics.inception``)."""
-    from vfmtok.metrics.inception import load_fid_inception
-
     return load_fid_inception()
 
 

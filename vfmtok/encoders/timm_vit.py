@@ -18,6 +18,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from vfmtok.assets import DINOV2_FILE, DINOV2_URL
 from vfmtok.encoders.base import FrozenEncoder, register_encoder
 from vfmtok.errors import WeightsUnavailableError
 
@@ -32,7 +33,6 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 def _official_file_hint(model_name: str) -> str:
     """Where to get the model's weights as a local file, for the models whose official file is known."""
-    from vfmtok.assets import DINOV2_FILE, DINOV2_URL
 
     if model_name.split(".")[0] != "vit_large_patch14_reg4_dinov2":
         return ""

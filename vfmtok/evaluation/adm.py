@@ -37,16 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from vfmtok.assets import MissingAssetError, file_digest
+from vfmtok.assets import MissingAssetError, file_sha256
+from vfmtok.fid_inception import LOGITS, POOL3, inception_score_unavailable_reason
 from vfmtok.metrics.fidelity import (
     GaussianStats,
-    extract_features,
+    extract_image_features,
     frechet_distance,
     inception_score_from_logits,
     precision_recall,
 )
-from vfmtok.metrics.inception import LOGITS, POOL3, FeatureExtractor, fid_extractor, inception_score_unavailable_reason
+from vfmtok.metrics.inception import FeatureExtractor, fid_extractor
 from vfmtok.metrics.reference import reference_statistics
+from vfmtok.metrics.result import MetricResult
 from vfmtok.metrics.sources import (
     ContentHasher,
     ImageSource,
@@ -134,7 +136,7 @@ def read_reference_batch(path: str | Path) -> AdmReference:
         raise ValueError(f"{path}: 'arr_0' holds no images")
     dtypes = {k: str(open_npz_member(path, k).dtype) for k in ("arr_0", "mu", "sigma", "mu_s", "sigma_s")
               if k in files}
-    return AdmReference(path, images, stats, spatial, dtypes, file_digest(path))
+    return AdmReference(path, images, stats, spatial, dtypes, file_sha256(path))
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -213,7 +215,9 @@ def evaluate_samples(samples: ImageSource, reference: str | Path | AdmReference 
 
     Returns a dict with ``fid``, ``sfid``, ``precision``, ``recall``, ``inception_score`` (each None with a
     ``*_reason`` when not computed), ``n``, ``n_reference``, ``fid_reference`` (which statistics FID used),
-    ``samples_sha256`` (pixel content), ``reference`` (path, sha256, stored dtypes) and ``fid_backend``.
+    ``samples_sha256`` (pixel content), ``reference`` (path, sha256, stored dtypes), ``fid_backend`` and
+    ``results``: the same numbers typed, by metric key (``gfid``, ``sfid``, ``precision``, ``recall``,
+    ``inception_score``).
     Inputs are validated before any feature is extracted.
     """
     ref: AdmReference | None = None
@@ -249,7 +253,7 @@ def evaluate_samples(samples: ImageSource, reference: str | Path | AdmReference 
 
     hasher = ContentHasher()
     with spatial_tap(sample_ex) if want_sfid else contextlib.nullcontext([]) as spatial:
-        feats = extract_features(_checked(samples, ref_size, batch_size), sample_ex, batch_size=batch_size,
+        feats = extract_image_features(_checked(samples, ref_size, batch_size), sample_ex, batch_size=batch_size,
                                  hasher=hasher)
     fake = feats[POOL3]
     if len(fake) < 2:
@@ -296,4 +300,9 @@ def evaluate_samples(samples: ImageSource, reference: str | Path | AdmReference 
         out["inception_score_chunk"] = IS_CHUNK
     else:
         out["inception_score"], out["inception_score_reason"] = None, is_reason
+    n, pr_reason = out["n"], out.get("precision_recall_reason")
+    out["results"] = {"gfid": MetricResult(out["fid"], n), "sfid": MetricResult(out["sfid"], n, out.get("sfid_reason")),
+                      "precision": MetricResult(out["precision"], n, pr_reason),
+                      "recall": MetricResult(out["recall"], n, pr_reason),
+                      "inception_score": MetricResult(out["inception_score"], n, out.get("inception_score_reason"))}
     return out

@@ -15,30 +15,17 @@ A GPT is either a released one (``load_official("llamagen_gpt" | "vfmtok_gpt", F
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vfmtok import create_tokenizer, from_pretrained, load_official
+from vfmtok.ar import GPT, GPTConfig, load_gpt_checkpoint
+from vfmtok.assets import file_sha256
+from vfmtok.fileio import sha256_state_dict
 from vfmtok.interface import Tokenizer
-
-
-def state_sha256(module: nn.Module) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of a module's state dict (weights not read from a file)."""
-    h = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _file_sha256(path: str | Path) -> str:
-    from vfmtok.data.cache import file_sha256
-
-    return file_sha256(path)
 
 
 def resolve_tokenizer(spec: str | None, official: str | None = None, checkpoint: str | None = None, *,
@@ -47,7 +34,6 @@ def resolve_tokenizer(spec: str | None, official: str | None = None, checkpoint:
 
     Its ``provenance`` attribute holds ``{"form", "name", "weights_sha256", "path", ...}`` for result records.
     """
-    from vfmtok import create_tokenizer, from_pretrained, load_official
 
     if (official is None) != (checkpoint is None):
         raise ValueError("--official FAMILY and --checkpoint FILE go together (a released tokenizer needs both)")
@@ -57,14 +43,14 @@ def resolve_tokenizer(spec: str | None, official: str | None = None, checkpoint:
             raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
         kwargs = {**overrides, **({"name": spec} if spec else {})}
         model = load_official(official, path, **kwargs)
-        prov = {"form": "official", "family": official, "path": str(path), "weights_sha256": _file_sha256(path),
+        prov = {"form": "official", "family": official, "path": str(path), "weights_sha256": file_sha256(path),
                 **getattr(model, "checkpoint_record", {})}
     elif spec is None:
         raise ValueError("name a tokenizer: a registry name, a save_pretrained folder, or --official/--checkpoint")
     elif Path(spec).is_dir():
         model = from_pretrained(spec, **overrides)
         prov = {"form": "save_pretrained", "path": str(spec),
-                "weights_sha256": _file_sha256(Path(spec) / "model.safetensors")}
+                "weights_sha256": file_sha256(Path(spec) / "model.safetensors")}
     elif Path(spec).exists():
         raise ValueError(f"{spec} is a file: give a released checkpoint with --official FAMILY --checkpoint {spec}, "
                          "or a save_pretrained folder")
@@ -76,7 +62,7 @@ def resolve_tokenizer(spec: str | None, official: str | None = None, checkpoint:
         model = create_tokenizer(spec, pretrained=False, **overrides)
         prov = {"form": "random", "seed": 0}
     model.eval()
-    prov.setdefault("weights_sha256", state_sha256(model))
+    prov.setdefault("weights_sha256", sha256_state_dict(model.state_dict()))
     prov["name"] = getattr(model, "registry_name", spec)
     prov["spec"] = model.spec.to_dict()
     model.provenance = prov
@@ -90,8 +76,6 @@ def resolve_gpt(path: str | None = None, official: str | None = None, checkpoint
     ``weights``: ``"ema"`` / ``"model"`` / None (the family's default; for ``gpt.pt``: ``ema`` when present).
     Returns the GPT in eval mode with a ``provenance`` attribute.
     """
-    from vfmtok import load_official
-    from vfmtok.ar import GPT, GPTConfig, load_gpt_checkpoint
 
     if (official is None) != (checkpoint is None):
         raise ValueError("--gpt-official FAMILY and --gpt-checkpoint FILE go together")
@@ -126,7 +110,7 @@ def resolve_gpt(path: str | None = None, official: str | None = None, checkpoint
         prov = {"form": "trained", "weights": containers[0] if containers[0] in ckpt else "model",
                 "step": ckpt.get("step")}
         del ckpt
-    prov.update({"path": str(file), "weights_sha256": _file_sha256(file),
+    prov.update({"path": str(file), "weights_sha256": file_sha256(file),
                  "config": {k: (list(v) if isinstance(v, tuple) else v)
                             for k, v in dataclasses.asdict(model.config).items()}})
     model.eval()

@@ -2,9 +2,9 @@
 
 The counterpart of LlamaGen's ``sample_c2i_ddp.py``. Samples are made in chunks of ``batch_size``; chunk ``c``
 draws its tokens from a generator on the GPT's device seeded with ``derive_seed(seed, c)``, exactly as
-:func:`vfmtok.ar.evaluate.sample_images`, so the samples depend on ``seed`` and ``batch_size`` only -- not on
-the number of processes, nor on where a killed run was resumed. Shards go to disk as they are made
-(:mod:`vfmtok.evaluation.shards`); no rank ever holds all samples.
+:func:`sample_images` (the benchmark's in-memory sampler) does, so the samples depend on ``seed`` and
+``batch_size`` only -- not on the number of processes, nor on where a killed run was resumed. Shards go to disk
+as they are made (:mod:`vfmtok.evaluation.shards`); no rank ever holds all samples.
 
 Class labels (``labels=``), drawn once for all ``num`` samples from a CPU generator seeded with ``seed``:
 
@@ -26,13 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from vfmtok.checkpoint import code_version
-from vfmtok.distributed import barrier, derive_seed, is_main
+from vfmtok.ar.gpt import GPT
+from vfmtok.ar.sampling import generate
+from vfmtok.distributed import barrier, derive_seed, is_main, ordered_map
 from vfmtok.evaluation.shards import ShardPlan, iter_shards, run_shards
 from vfmtok.fileio import atomic_write_json
 from vfmtok.images import resize_model_range, to_uint8
 from vfmtok.interface import Tokenizer
 from vfmtok.metrics.reference import NpzWriter
+from vfmtok.version import code_version
 
 SAMPLES_FILE = "samples.npz"
 SAMPLES_JSON = "samples.json"
@@ -57,10 +59,10 @@ def draw_labels(num: int, num_classes: int, seed: int, scheme: str = "uniform") 
     return (torch.arange(num) % num_classes)[torch.randperm(num, generator=gen)]
 
 
-def _check(gpt: torch.nn.Module, tokenizer: Tokenizer, num: int, batch_size: int, num_classes: int) -> None:
+def _check(gpt: GPT, tokenizer: Tokenizer, num: int, batch_size: int, num_classes: int) -> None:
     spec, cfg = tokenizer.spec, gpt.config
     if num <= 0 or batch_size <= 0:
-        raise ValueError(f"--num and --batch-size must be positive, got {num} and {batch_size}")
+        raise ValueError(f"the number of samples and the batch size must be positive, got {num} and {batch_size}")
     if not 0 < num_classes <= cfg.num_classes:
         raise ValueError(f"num_classes must lie in [1, {cfg.num_classes}] (the GPT's classes), got {num_classes}")
     if spec.codebook_size != cfg.vocab_size or spec.num_tokens != cfg.num_tokens:
@@ -68,8 +70,38 @@ def _check(gpt: torch.nn.Module, tokenizer: Tokenizer, num: int, batch_size: int
                          f"{spec.name} (codebook {spec.codebook_size}, {spec.num_tokens} tokens)")
 
 
+def sample_images(gpt: GPT, tokenizer: Tokenizer, *, num_samples: int, num_classes: int, cfg_scale: float,
+                  seed: int, batch_size: int, **sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``num_samples`` images uint8 [N, 3, H, W] and their labels int64 [N] (both on the CPU), in memory.
+
+    The same samples and labels as :func:`sample_to_npz` with ``labels="uniform"``: labels from
+    :func:`draw_labels`, chunk ``c`` of ``batch_size`` drawing its tokens from a generator on the GPT's device
+    seeded with ``derive_seed(seed, c)``. Under ``torchrun`` the chunks are shared out across ranks and every
+    rank returns the same full set, identical to a one-process run. ``sampling`` is passed to
+    :func:`vfmtok.ar.sampling.generate` (temperature, top_k, ...). Every rank holds all samples: this is for the
+    benchmark's small sample sets; 50,000 samples go through :func:`sample_to_npz`.
+    """
+    _check(gpt, tokenizer, num_samples, batch_size, num_classes)
+    device = gpt.tok_embeddings.weight.device
+    labels = draw_labels(num_samples, num_classes, seed)
+
+    def chunk(items: range) -> tuple[torch.Tensor]:
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, items.start // batch_size))
+        tokens = generate(gpt, labels[items.start:items.stop].to(device), cfg_scale=cfg_scale, generator=gen,
+                          **sampling)
+        return (tokenizer.detokenize(tokens).cpu(),)
+
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        (images,) = ordered_map(chunk, num_samples, batch_size)
+    finally:
+        tokenizer.train(was_training)
+    return images, labels
+
+
 @torch.inference_mode()
-def sample_to_npz(gpt: torch.nn.Module, tokenizer: Tokenizer, *, num: int, seed: int, batch_size: int,
+def sample_to_npz(gpt: GPT, tokenizer: Tokenizer, *, num: int, seed: int, batch_size: int,
                   out_dir: str | Path, labels: str = "uniform", num_classes: int | None = None,
                   eval_size: int | None = None, precision: str = "fp32", shard_size: int | None = None,
                   max_shards: int | None = None, provenance: dict[str, Any] | None = None,
@@ -83,8 +115,6 @@ def sample_to_npz(gpt: torch.nn.Module, tokenizer: Tokenizer, *, num: int, seed:
     conversion (LlamaGen's 384 -> 256). ``precision``: ``"bf16"`` casts the GPT to bfloat16 (LlamaGen's
     sampler), the tokenizer stays in float32. ``max_shards``: see :func:`vfmtok.evaluation.shards.run_shards`.
     """
-    from vfmtok.ar.sampling import generate
-
     start = time.time()
     num_classes = int(num_classes or gpt.config.num_classes)
     _check(gpt, tokenizer, num, batch_size, num_classes)

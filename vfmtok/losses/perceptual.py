@@ -1,31 +1,19 @@
-"""LPIPS perceptual loss, when its backbone weights are available.
+"""LPIPS perceptual loss, when its weights are available (see :mod:`vfmtok.lpips_vgg`).
 
-LPIPS needs ImageNet-pretrained VGG16 weights from torchvision (``vgg16-397923af.pth`` in the torch hub
-cache) besides its own linear heads (shipped in the ``lpips`` package). Without them the loss is off and
-the reason is reported once; no substitute is ever called "LPIPS".
+Without the VGG16 backbone or the LPIPS linear weights the loss is off and the reason is reported once; no
+substitute is ever called "LPIPS".
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-VGG16_FILE = "vgg16-397923af.pth"
+from vfmtok.lpips_vgg import load_lpips, lpips_unavailable_reason
 
-
-def lpips_unavailable_reason() -> str | None:
-    """None when LPIPS (VGG) can be built offline, else why not."""
-    try:
-        import lpips  # noqa: F401
-    except ImportError:
-        return "the 'lpips' package is not installed"
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
-    if not weights.is_file():
-        return f"LPIPS needs torchvision's VGG16 weights at {weights} (not available offline)"
-    return None
+__all__ = ["PerceptualLoss", "lpips_unavailable_reason"]
 
 
 class PerceptualLoss(nn.Module):
@@ -36,9 +24,7 @@ class PerceptualLoss(nn.Module):
         self.reason = lpips_unavailable_reason()
         self.net: nn.Module | None = None
         if self.reason is None:
-            import lpips
-
-            self.net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
+            self.net = load_lpips()
         else:
             warnings.warn(f"perceptual loss disabled: {self.reason}", stacklevel=2)
 

@@ -33,10 +33,11 @@ from vfmtok.metrics.inception import POOL3, FeatureExtractor, fid_extractor
 from vfmtok.metrics.sources import ContentHasher, ImageSource, iter_batches
 
 DEFAULT_SEED = 2020
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults
 
 
 # --------------------------------------------------------------------------------------------- features
-def extract_features(source: ImageSource, extractor: FeatureExtractor | None = None, *, batch_size: int = 64,
+def extract_image_features(source: ImageSource, extractor: FeatureExtractor | None = None, *, batch_size: int = 64,
                      device: str | torch.device = "cpu",
                      hasher: ContentHasher | None = None) -> dict[str, torch.Tensor]:
     """{feature name: float32 [N, D]} of every image of ``source`` (batched, inference mode).
@@ -63,7 +64,7 @@ def inception_features(source: ImageSource, *, batch_size: int = 64, extractor: 
     extractor = extractor or fid_extractor((feature,), device=device)
     if feature not in extractor.features:
         raise ValueError(f"the extractor provides {extractor.features}, not {feature!r}")
-    return extract_features(source, extractor, batch_size=batch_size)[feature]
+    return extract_image_features(source, extractor, batch_size=batch_size)[feature]
 
 
 # --------------------------------------------------------------------------------------------- FID
@@ -114,8 +115,8 @@ def _unbiased_mmd2(kxx: np.ndarray, kxy: np.ndarray, kyy: np.ndarray) -> float:
     return float((off_xx + off_yy) / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m))
 
 
-def kid_from_features(f1: torch.Tensor, f2: torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
-                      seed: int = DEFAULT_SEED) -> tuple[float, float]:
+def kid_from_features(f1: torch.Tensor, f2: torch.Tensor, *, subsets: int = KID_SUBSETS,
+                      subset_size: int = KID_SUBSET_SIZE, seed: int = DEFAULT_SEED) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD^2 over ``subsets`` random subsets (size clamped to the smaller set)."""
     x, y = _f64(f1), _f64(f2)
     size = kid_subset_size(len(x), len(y), subset_size)
@@ -128,7 +129,7 @@ def kid_from_features(f1: torch.Tensor, f2: torch.Tensor, *, subsets: int = 100,
     return float(mmds.mean()), float(mmds.std())
 
 
-def kid_subset_size(n1: int, n2: int, subset_size: int = 1000) -> int:
+def kid_subset_size(n1: int, n2: int, subset_size: int = KID_SUBSET_SIZE) -> int:
     """The subset size KID actually uses: ``min(subset_size, n1, n2)`` (at least 2)."""
     size = min(subset_size, n1, n2)
     if size < 2:

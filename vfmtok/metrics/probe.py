@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vfmtok import store
 from vfmtok.assets import work_cache_dir
-from vfmtok.fileio import atomic_torch_save, sha256_json
+from vfmtok.fileio import atomic_torch_save, sha256_json, sha256_state_dict
 from vfmtok.interface import Tokenizer
 from vfmtok.metrics.sources import ContentHasher
 
@@ -46,12 +46,8 @@ class ProbeFeatures(dict):
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     """sha256 of the tokenizer's spec and all of its weights and buffers (frozen modules included)."""
-    h = hashlib.sha256(sha256_json({"name": tokenizer.registry_name, "spec": tokenizer.spec.to_dict()}).encode())
-    for name, t in tokenizer.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return sha256_json({"name": tokenizer.registry_name, "spec": tokenizer.spec.to_dict(),
+                        "weights": sha256_state_dict(tokenizer.state_dict())})
 
 
 def _labelled_batches(data: LabelledData, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -76,7 +72,7 @@ def _labelled_batches(data: LabelledData, batch_size: int) -> Iterator[tuple[tor
 
 
 @torch.inference_mode()
-def extract_features(tokenizer: Tokenizer, data: LabelledData, batch_size: int = 64) -> ProbeFeatures:
+def extract_probe_features(tokenizer: Tokenizer, data: LabelledData, batch_size: int = 64) -> ProbeFeatures:
     """Mean-pooled ``pre_quant`` and ``codes`` features (float32 [N, D]) of uint8 images.
 
     ``data``: a uint8 tensor [N, 3, H, W], an ``(images, labels)`` pair, a dataset of ``(image, label)`` items,
@@ -111,7 +107,7 @@ def _data_fingerprint(data: LabelledData, batch_size: int = 256) -> str:
 
 
 def cached_features(tokenizer: Tokenizer, data: LabelledData, *, batch_size: int = 64) -> ProbeFeatures:
-    """:func:`extract_features`, cached by (tokenizer weights hash, data fingerprint, pooling)."""
+    """:func:`extract_probe_features`, cached by (tokenizer weights hash, data fingerprint, pooling)."""
     inputs = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": _data_fingerprint(data),
               "pooling": "mean over tokens"}
     cache = store.Store(work_cache_dir("probe_features").parent)
@@ -122,7 +118,7 @@ def cached_features(tokenizer: Tokenizer, data: LabelledData, *, batch_size: int
         out = ProbeFeatures(pre_quant=d["pre_quant"], codes=d["codes"])
         out.taps, out.labels = d["taps"], d["labels"]
         return out
-    out = extract_features(tokenizer, data, batch_size=batch_size)
+    out = extract_probe_features(tokenizer, data, batch_size=batch_size)
     payload = {"key": sha256_json(inputs), "pre_quant": out["pre_quant"], "codes": out["codes"], "taps": out.taps,
                "labels": out.labels}
     cache.put("probe_features", CACHE_VERSION, inputs, lambda f: atomic_torch_save(f / "features.pt", payload), label)
@@ -170,7 +166,7 @@ def probe(tokenizer: Tokenizer, train: LabelledData, test: LabelledData, *, feat
     """Linear-probe top-1 (fraction) of ``features`` ("pre_quant" or "codes") with the protocol of this module."""
     if features not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
-    get = cached_features if cache else extract_features
+    get = cached_features if cache else extract_probe_features
     tr, te = get(tokenizer, train, batch_size=extract_batch_size), get(tokenizer, test, batch_size=extract_batch_size)
     if tr.labels is None or te.labels is None:
         raise ValueError("probing needs labels: pass (images, labels), a dataset of (image, label) or labelled batches")

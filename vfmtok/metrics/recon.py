@@ -1,16 +1,20 @@
-"""PSNR and SSIM on uint8 images, with one documented convention.
+"""PSNR and SSIM on uint8 images, with one documented convention; LPIPS beside them when a network is given.
 
 * PSNR: float64 on 0..255, ``data_range = 255``, per image, then the mean over images.
 * SSIM (Wang et al. 2004): Gaussian window 11 x 11 with sigma 1.5, K1 = 0.01, K2 = 0.03, ``data_range = 255``,
   population (not sample) covariances, computed over the valid region (no padding), averaged per channel,
   then over channels, then over images. This equals ``skimage.metrics.structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=0)``.
+* LPIPS: :func:`vfmtok.metrics.perceptual.lpips_per_image`, per image, then the mean over images.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from vfmtok.metrics.perceptual import lpips_per_image
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
@@ -60,22 +64,30 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class ReconstructionMeter:
-    """Streaming PSNR / SSIM over batches of (reference, reconstruction) uint8 images."""
+    """Streaming PSNR / SSIM (and LPIPS with ``lpips_net``) over batches of (reference, reconstruction) uint8
+    images."""
 
-    def __init__(self) -> None:
+    def __init__(self, lpips_net: nn.Module | None = None) -> None:
+        self.lpips_net = lpips_net
         self.psnr: list[torch.Tensor] = []
         self.ssim: list[torch.Tensor] = []
+        self.lpips: list[torch.Tensor] = []
 
     def update(self, real: torch.Tensor, recon: torch.Tensor) -> None:
         """Add one batch."""
         self.psnr.append(psnr_per_image(real, recon).cpu())
         self.ssim.append(ssim_per_image(real, recon).cpu())
+        if self.lpips_net is not None:
+            self.lpips.append(lpips_per_image(self.lpips_net, real, recon))
 
     def compute(self) -> dict[str, float]:
         """Means over every image seen: ``psnr`` (inf as soon as one image is reproduced exactly, with
-        ``n_identical`` saying how many were), ``ssim`` and ``n``."""
+        ``n_identical`` saying how many were), ``ssim``, ``n`` and ``lpips`` when measured."""
         if not self.psnr:
             raise ValueError("no images were added")
         psnr, ssim = torch.cat(self.psnr), torch.cat(self.ssim)
-        return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "n": len(psnr),
-                "n_identical": int(torch.isinf(psnr).sum())}
+        out = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "n": len(psnr),
+               "n_identical": int(torch.isinf(psnr).sum())}
+        if self.lpips:
+            out["lpips"] = float(torch.cat(self.lpips).mean())
+        return out

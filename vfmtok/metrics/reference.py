@@ -26,17 +26,21 @@ import torch
 
 from vfmtok import store
 from vfmtok.assets import MissingAssetError, work_cache_dir
+from vfmtok.fid_inception import LOGITS, POOL3, inception_score_unavailable_reason
 from vfmtok.fileio import atomic_torch_save, atomic_write, sha256_json
 from vfmtok.metrics.fidelity import (
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
     GaussianStats,
-    extract_features,
+    extract_image_features,
     frechet_distance,
     inception_score_from_logits,
     kid_from_features,
     kid_subset_size,
     precision_recall,
 )
-from vfmtok.metrics.inception import LOGITS, POOL3, FeatureExtractor, fid_extractor, inception_score_unavailable_reason
+from vfmtok.metrics.inception import FeatureExtractor, fid_extractor
+from vfmtok.metrics.result import MetricResult, Results
 from vfmtok.metrics.sources import ContentHasher, ImageSource, content_hash, is_replayable, iter_batches
 
 CACHE_VERSION = 2  # 2: entries of the verified store
@@ -96,7 +100,7 @@ def reference_statistics(source: ImageSource, *, batch_size: int = 64, device: s
         if hit is not None:
             return hit
     hasher = ContentHasher()
-    features = extract_features(source, extractor, batch_size=batch_size, hasher=hasher)[POOL3]
+    features = extract_image_features(source, extractor, batch_size=batch_size, hasher=hasher)[POOL3]
     return reference_from_features(features, hasher.hexdigest(), extractor, cache=cache)
 
 
@@ -118,12 +122,12 @@ def sample_features(source: ImageSource, extractor: FeatureExtractor, *,
                     batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Features of generated samples; in-memory sources are memoised per process (two entries) by content."""
     if not is_replayable(source):
-        return extract_features(source, extractor, batch_size=batch_size)
+        return extract_image_features(source, extractor, batch_size=batch_size)
     key = sha256_json({"images": content_hash(source)[0], **extractor.identity, "features": extractor.features})
     if key not in _recent:
         while len(_recent) >= 2:
             _recent.pop(next(iter(_recent)))
-        _recent[key] = extract_features(source, extractor, batch_size=batch_size)
+        _recent[key] = extract_image_features(source, extractor, batch_size=batch_size)
     return _recent[key]
 
 
@@ -132,12 +136,19 @@ def fid_info(extractor: FeatureExtractor) -> dict[str, Any]:
     return dict(extractor.identity)
 
 
-def _fid(metric: str, samples: ImageSource, reference: ImageSource | ReferenceStats, batch_size: int,
-         device: str | torch.device, extractor: FeatureExtractor | None) -> dict[str, Any]:
+def _pool3(samples: ImageSource, reference: ImageSource | ReferenceStats, batch_size: int,
+           device: str | torch.device, extractor: FeatureExtractor | None
+           ) -> tuple[FeatureExtractor, ReferenceStats, torch.Tensor]:
+    """(extractor, reference statistics, pool3 features of the samples)."""
     extractor = extractor or fid_extractor(device=device)
     ref = reference if isinstance(reference, ReferenceStats) else \
         reference_statistics(reference, batch_size=batch_size, extractor=extractor)
-    fake = sample_features(samples, extractor, batch_size=batch_size)[POOL3]
+    return extractor, ref, sample_features(samples, extractor, batch_size=batch_size)[POOL3]
+
+
+def _fid(metric: str, samples: ImageSource, reference: ImageSource | ReferenceStats, batch_size: int,
+         device: str | torch.device, extractor: FeatureExtractor | None) -> dict[str, Any]:
+    extractor, ref, fake = _pool3(samples, reference, batch_size, device, extractor)
     value = frechet_distance(GaussianStats.of(fake), ref.gaussian)
     return {"metric": metric, "value": value, "n": len(fake), "n_reference": ref.n, **fid_info(extractor)}
 
@@ -158,14 +169,11 @@ def gfid(samples: ImageSource, reference: ImageSource | ReferenceStats, *, batch
     return _fid("gfid", samples, reference, batch_size, device, extractor)
 
 
-def kid(samples: ImageSource, reference: ImageSource | ReferenceStats, *, subsets: int = 100, subset_size: int = 1000,
-        batch_size: int = 64, device: str | torch.device = "cpu",
+def kid(samples: ImageSource, reference: ImageSource | ReferenceStats, *, subsets: int = KID_SUBSETS,
+        subset_size: int = KID_SUBSET_SIZE, batch_size: int = 64, device: str | torch.device = "cpu",
         extractor: FeatureExtractor | None = None) -> dict[str, Any]:
     """KID (mean, std over subsets) of samples against a reference set."""
-    extractor = extractor or fid_extractor(device=device)
-    ref = reference if isinstance(reference, ReferenceStats) else \
-        reference_statistics(reference, batch_size=batch_size, extractor=extractor)
-    fake = sample_features(samples, extractor, batch_size=batch_size)[POOL3]
+    extractor, ref, fake = _pool3(samples, reference, batch_size, device, extractor)
     mean, std = kid_from_features(fake, ref.features, subsets=subsets, subset_size=subset_size)
     return {"metric": "kid", "value": mean, "std": std, "n": len(fake), "n_reference": ref.n, "subsets": subsets,
             "subset_size": kid_subset_size(len(fake), ref.n, subset_size), **fid_info(extractor)}
@@ -187,20 +195,40 @@ def inception_score(samples: ImageSource, *, splits: int = 10, batch_size: int =
             **fid_info(extractor)}
 
 
-def precision_recall_for(samples: ImageSource, reference: ImageSource | ReferenceStats, *, k: int = 3,
-                         batch_size: int = 64, device: str | torch.device = "cpu",
-                         extractor: FeatureExtractor | None = None, isc: bool = True) -> dict[str, Any]:
-    """Precision and recall (pool3, k-NN radii) of samples against a reference set, plus the Inception Score
-    of the samples (``isc``; value None with a reason when the logits weights are missing)."""
-    extractor = extractor or fid_extractor(device=device)
-    ref = reference if isinstance(reference, ReferenceStats) else \
-        reference_statistics(reference, batch_size=batch_size, extractor=extractor)
-    fake = sample_features(samples, extractor, batch_size=batch_size)[POOL3]
+# --------------------------------------------------------------------------------------------- typed results
+def distance_results(fid_metric: str, fake: torch.Tensor, reference: ReferenceStats) -> Results:
+    """FID (reported as ``fid_metric``, e.g. ``rfid`` or ``gfid``) and KID of pool3 features ``fake`` against a
+    reference set.
+
+    KID is torch-fidelity's (:func:`~vfmtok.metrics.fidelity.kid_from_features`: polynomial kernel, unbiased MMD^2,
+    mean over 100 seeded subsets of 1000); with fewer images per set the subset size is the smaller set's size,
+    and the result's setting says which size was used.
+    """
+    n = len(fake)
+    size = kid_subset_size(n, reference.n)
+    kid_mean, _ = kid_from_features(fake, reference.features, subset_size=size)
+    return {fid_metric: MetricResult(frechet_distance(GaussianStats.of(fake), reference.gaussian), n),
+            "kid": MetricResult(kid_mean, n, setting={"subsets": KID_SUBSETS, "subset_size": size})}
+
+
+def unavailable_distances(fid_metric: str, reason: str, n: int | None = None) -> Results:
+    """The results of :func:`distance_results`, each unavailable for ``reason``."""
+    return {key: MetricResult.unavailable(reason, n) for key in (fid_metric, "kid")}
+
+
+def sample_results(samples: ImageSource, reference: ImageSource | ReferenceStats, *, k: int = 3,
+                   batch_size: int = 64, device: str | torch.device = "cpu",
+                   extractor: FeatureExtractor | None = None, isc: bool = True) -> Results:
+    """gFID, KID and precision / recall (pool3, k-NN radii) of generated samples against a reference set, from one
+    feature pass; with ``isc`` also their Inception Score (unavailable, with the reason, without logits weights)."""
+    extractor, ref, fake = _pool3(samples, reference, batch_size, device, extractor)
+    n = len(fake)
     precision, recall = precision_recall(fake, ref.features, k=k)
-    out = {"precision": precision, "recall": recall, "k": k, "n": len(fake), "n_reference": ref.n,
-           **fid_info(extractor)}
+    out = {**distance_results("gfid", fake, ref), "precision": MetricResult(precision, n),
+           "recall": MetricResult(recall, n)}
     if isc:
-        out["inception_score"] = inception_score(samples, batch_size=batch_size, device=device)
+        score = inception_score(samples, batch_size=batch_size, device=device)
+        out["inception_score"] = MetricResult(score["value"], n, score.get("reason"))
     return out
 
 

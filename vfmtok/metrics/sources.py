@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vfmtok.data.arrays import ArrayDataset
+from vfmtok.data.readers import ImageFileDataset, list_image_folder, list_loose_images
+
 ImageSource = torch.Tensor | np.ndarray | str | Path | Dataset | Iterable[Any]
 HASH_VERSION = b"vfmtok-uint8-images-v1"
 
@@ -136,7 +139,6 @@ def load_npz_images(path: str | Path) -> np.ndarray | NpzStream:
 
 
 def _folder_dataset(path: Path) -> Dataset:
-    from vfmtok.data.readers import ImageFileDataset, list_image_folder, list_loose_images
 
     if any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
         files = list_loose_images(path)
@@ -186,7 +188,6 @@ def iter_batches(source: ImageSource, batch_size: int = 64) -> Iterator[torch.Te
     """uint8 [B, 3, H, W] batches of ``source`` (at most ``batch_size`` images each); an empty source raises."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    from vfmtok.data.arrays import ArrayDataset
 
     where = describe(source)
     source = resolve(source)
@@ -236,7 +237,6 @@ class ContentHasher:
 
 def is_replayable(source: ImageSource) -> bool:
     """True when reading ``source`` twice costs no more than reading it (arrays, npz, in-memory datasets)."""
-    from vfmtok.data.arrays import ArrayDataset
 
     if isinstance(source, (str, Path)):
         return Path(source).suffix == ".npz"

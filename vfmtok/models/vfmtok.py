@@ -25,9 +25,9 @@ from vfmtok.checkpoint import (
     select_weights,
     tag_loaded,
 )
-from vfmtok.encoders import FeatureOutput, create_encoder
+from vfmtok.encoders import FeatureOutput, FrozenEncoder, create_encoder
 from vfmtok.factory import create_tokenizer, register_tokenizer
-from vfmtok.interface import Decoded, Encoded, Tokenizer, TokenizerOutput
+from vfmtok.interface import Decoded, Encoded, Tokenizer, TokenizerOutput, TokenLayout
 from vfmtok.losses.semantic import cosine_feature_loss
 from vfmtok.models.conv import ConvDecoder
 from vfmtok.models.region_encoder import RegionEncoder
@@ -205,6 +205,19 @@ class VFMTokBase(Tokenizer):
         return TokenizerOutput(recon=recon, indices=indices, losses=losses, logs=logs)
 
 
+    @property
+    def frozen_encoder(self) -> FrozenEncoder:
+        """The frozen vision foundation model (multi-level features and the semantic target)."""
+        return self.encoder
+
+    def token_layout(self) -> TokenLayout:
+        """Region-adaptive query tokens, laid out on a square grid for the GPT's 2-D positions."""
+        return TokenLayout("query", self.query_grid)
+
+    def adaptive_weight_layer(self) -> torch.Tensor:
+        """The pixel decoder's last conv weight."""
+        return self.decoder.last_layer
+
     @torch.no_grad()
     def semantic_eval_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Semantic-branch cosine loss on ``x`` with inference latents (how well tokens keep encoder semantics)."""
@@ -212,6 +225,10 @@ class VFMTokBase(Tokenizer):
         latents, _, _ = self._bottleneck(self.pre_slots_quant(z), exact=True)
         pred = self.decode_transformer.semantic_features(self._memory(latents))
         return cosine_feature_loss(pred, feats.semantic_target)
+
+    def extra_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """``semantic_loss``: :meth:`semantic_eval_loss` on ``x``."""
+        return {"semantic_loss": float(self.semantic_eval_loss(x))}
 
 
 class VFMTok(VFMTokBase):
@@ -314,13 +331,13 @@ TEST: dict[str, Any] = {
 }
 
 
-@register_tokenizer("vfmtok_dinov2_vitl14reg_l256_k16384")
+@register_tokenizer("vfmtok_dinov2_vitl14reg_l256_k16384", released="vfmtok")
 def vfmtok_dinov2_vitl14reg_l256_k16384(**overrides: Any) -> VFMTok:
     """The paper tokenizer (73.3 M trainable). ``encoder_pretrained=False`` builds a random backbone."""
     return VFMTok(**{**PAPER, "codebook_size": 16384, "code_dim": 12, **overrides})
 
 
-@register_tokenizer("vfmtok_dinov2_vitl14reg_l256_c32")
+@register_tokenizer("vfmtok_dinov2_vitl14reg_l256_c32", released="vfmtok")
 def vfmtok_dinov2_vitl14reg_l256_c32(**overrides: Any) -> VFMTokContinuous:
     """The paper architecture with a continuous 256 x 32 latent instead of the quantizer."""
     return VFMTokContinuous(**{**PAPER, "latent_dim": 32, **overrides})

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vfmtok.distributed import all_gather_objects, derive_seed, rank_world
-from vfmtok.fileio import atomic_torch_save, atomic_write_text
+from vfmtok.fileio import atomic_torch_save, atomic_write_text, clean_stale_tmp
 
 STALE_TMP_SECONDS = 10 * 60.0  # an atomic write's temp file this old belongs to a killed process
 
@@ -192,7 +192,6 @@ class CheckpointManager:
 
     def clean_stale_tmp(self, older_than_s: float = STALE_TMP_SECONDS) -> list[Path]:
         """Remove this folder's leftover ``.<name>.*.tmp`` files of interrupted atomic writes."""
-        from vfmtok.fileio import clean_stale_tmp
 
         return clean_stale_tmp(self.directory, older_than_s=older_than_s, recursive=False)
 
