@@ -29,8 +29,10 @@ from vfmtok.version import code_version
 SCHEMA_VERSION = 1
 RECORD_KEYS = {"schema_version", "run_id", "preset", "config", "code", "env", "seeds", "data", "fid",
                "tokenizers", "rows", "notes", "artifacts"}
-#: keys a record may carry: ``label`` names a run whose configuration differs from its preset
-OPTIONAL_KEYS = {"label"}
+#: keys a record may carry: ``label`` names a run whose configuration differs from its preset; ``stages`` lists
+#: each stage's wall time and the machine that computed it (read from the stage's cached result)
+OPTIONAL_KEYS = {"label", "stages"}
+STAGE_KEYS = {"stage", "label", "seconds", "machine"}
 ROW_KEYS = {"tokenizer", "ar_model", "metric", "setting", "value", "n", "higher_is_better", "reason"}
 
 
@@ -62,13 +64,17 @@ def stage_rows(results: Mapping[str, MetricResult], setting: dict[str, Any] | No
              "setting": {**(setting or {}), **r.setting}, "reason": r.reason} for key, r in results.items()]
 
 
+def machine() -> dict[str, Any]:
+    """What a stage ran on: the device (GPU model, else the CPU), threads and processes."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "world_size": rank_world()[1]}
+
+
 def environment() -> dict[str, Any]:
     """Hardware and software the numbers were measured on."""
-    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "world_size": rank_world()[1],
-           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    return env
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            **machine(), "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
 def make_run_id(config: dict[str, Any], package_version: str, data: dict[str, Any]) -> str:
@@ -90,17 +96,23 @@ def validate(record: dict[str, Any]) -> None:
         spec(row["metric"])
         if row["value"] is None and not row["reason"]:
             raise ValueError(f"row {i} ({row['metric']}): value is missing without a reason")
+    for i, stage in enumerate(record.get("stages", [])):
+        if set(stage) != STAGE_KEYS:
+            raise ValueError(f"stage {i}: keys {sorted(stage)} != {sorted(STAGE_KEYS)}")
 
 
 def build_record(*, run_id: str, preset: str, config: dict, code: dict, seeds: dict, data: dict, fid: dict,
                  tokenizers: dict, rows: list[Row], notes: dict[str, str], artifacts: dict,
-                 label: str | None = None) -> dict[str, Any]:
-    """Assemble and validate a record; ``label`` (when it differs from ``preset``) names a modified preset."""
+                 label: str | None = None, stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Assemble and validate a record; ``label`` (when it differs from ``preset``) names a modified preset;
+    ``stages`` holds each stage's ``{stage, label, seconds, machine}``."""
     record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "preset": preset, "config": config,
               "code": code, "env": environment(), "seeds": seeds, "data": data, "fid": fid,
               "tokenizers": tokenizers, "rows": [asdict(r) for r in rows], "notes": notes, "artifacts": artifacts}
     if label and label != preset:
         record["label"] = label
+    if stages is not None:
+        record["stages"] = stages
     validate(record)
     return record
 

@@ -85,6 +85,19 @@ def _collect_known_warnings() -> None:
     warnings.showwarning = show
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def eta_line(done: int, total: int, elapsed_s: float, computed_s: list[float]) -> str:
+    """Progress of the whole run after ``done`` of ``total`` tokenizers; the time left is estimated from the mean
+    wall time of the tokenizers computed so far (cached ones take no time and are left out)."""
+    line = f"run: {done}/{total} tokenizers done, {_duration(elapsed_s)} elapsed"
+    if done < total and computed_s:
+        line += f", about {_duration((total - done) * sum(computed_s) / len(computed_s))} left"
+    return line
+
+
 def run_benchmark(overrides: list[str] | None = None, write_results: bool = True) -> dict[str, Any]:
     """Run (or fetch from the cache) every stage of a preset; return the run record."""
     _collect_known_warnings()  # each known warning printed once per process
@@ -100,8 +113,13 @@ def run_benchmark(overrides: list[str] | None = None, write_results: bool = True
     rows: list[Row] = []
     specs: dict[str, dict[str, Any]] = {}
     artifacts: dict[str, Any] = {}
-    for alias in cfg.tokenizers:
+    computed_s: list[float] = []  # wall time of each tokenizer that computed at least one stage
+    for i, alias in enumerate(cfg.tokenizers):
+        start, stages_before = time.perf_counter(), len(runner.history)
         result = plan.tokenizer(alias)
+        if any(not h["cached"] for h in runner.history[stages_before:]):
+            computed_s.append(time.perf_counter() - start)
+        log.info(eta_line(i + 1, len(cfg.tokenizers), time.perf_counter() - started, computed_s))
         specs[result.spec["name"]] = result.spec
         rows += result.rows
         artifacts[result.spec["name"]] = result.artifacts
@@ -111,7 +129,7 @@ def run_benchmark(overrides: list[str] | None = None, write_results: bool = True
         run_id=make_run_id(config, __version__, data.fingerprints), preset=cfg.preset, config=config,
         code=code_state(cfg.results_dir, cfg.work_dir), seeds={"seed": cfg.seed}, data=data.describe(),
         fid=plan.fid_info(), tokenizers=specs, rows=rows, notes=pipeline.notes(cfg, specs, rows), artifacts=artifacts,
-        label=run_label(cfg))
+        label=run_label(cfg), stages=runner.timings())
     if write_results and is_main():
         from benchmarks.figures import render_figures  # heavy (matplotlib): only when results are written
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.records import machine
 from vfmtok import store
 from vfmtok.distributed import barrier, is_main
 from vfmtok.fileio import atomic_write_json
@@ -94,7 +95,7 @@ class StageRunner:
                 barrier()  # rank 0 has verified (and possibly quarantined) before any rank looks
                 if entry.complete():
                     result = store.read_json(folder, "result.json")
-                    self.history.append({"stage": stage, "label": label, "cached": True, "key": folder.name})
+                    self._log(stage, label, folder, result, cached=True)
                     if is_main():
                         how = "reused the result of the other run" if waited else "cached"
                         log.info("%-16s %-28s %s (%s)", stage, label, how, folder.name)
@@ -109,16 +110,25 @@ class StageRunner:
                     with heartbeat(f"{stage} {label}".strip(), self.heartbeat_s, enabled=is_main()):
                         result = fn(folder)
                     if is_main():
-                        atomic_write_json(folder / "result.json",
-                                          {**result, "seconds": round(time.perf_counter() - start, 3)})
+                        atomic_write_json(folder / "result.json", {**result, "machine": machine(),
+                                                                   "seconds": round(time.perf_counter() - start, 3)})
                         entry.commit()
                 barrier()
         except KeyboardInterrupt as e:
             if not getattr(e, "stage", None):
                 e.stage = f"{stage} {label}".strip()  # type: ignore[attr-defined]
             raise
-        self.history.append({"stage": stage, "label": label, "cached": False, "key": folder.name})
-        return store.read_json(folder, "result.json")
+        result = store.read_json(folder, "result.json")
+        self._log(stage, label, folder, result, cached=False)
+        return result
+
+    def _log(self, stage: str, label: str, folder: Path, result: dict[str, Any], cached: bool) -> None:
+        self.history.append({"stage": stage, "label": label, "cached": cached, "key": folder.name,
+                             "seconds": result.get("seconds"), "machine": result.get("machine")})
+
+    def timings(self) -> list[dict[str, Any]]:
+        """Each stage's wall time and machine as measured when it was computed (the same from the cache)."""
+        return [{k: h[k] for k in ("stage", "label", "seconds", "machine")} for h in self.history]
 
     def write_refs(self, run_id: str) -> Path | None:
         """Record which complete entries under ``work_dir`` this process used, for run ``run_id`` (rank 0)."""

@@ -22,6 +22,7 @@ from vfmtok.metrics.fidelity import (
     inception_score_from_logits,
     kid_from_features,
     precision_recall,
+    trace_sqrt_product,
 )
 from vfmtok.metrics.reference import ReferenceStats, distance_results
 from vfmtok.metrics.sources import content_hash, iter_batches
@@ -45,6 +46,18 @@ def test_fid_matches_torch_fidelity(n1: int, n2: int, d: int) -> None:
     assert ours == pytest.approx(_tf_fid(a, b), rel=1e-6)
     assert fid_from_features(b, a) == pytest.approx(ours, rel=1e-9)
     assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 64), (300, 256), (1000, 128)])
+def test_trace_sqrt_product_is_exact_and_agrees_with_the_general_eigenvalue_route(n: int, d: int) -> None:
+    """Tr sqrt(S1 S2) is the nuclear norm of X1c X2c^T (centred features over sqrt(N - 1)): exact for any N."""
+    a, b = (np.asarray(_features(seed, n, d, shift=0.1 * seed), np.float64) for seed in (4, 5))
+    ac, bc = ((f - f.mean(0)) / np.sqrt(n - 1) for f in (a, b))
+    exact = np.linalg.svd(ac @ bc.T, compute_uv=False).sum()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert trace_sqrt_product(s1, s2) == pytest.approx(exact, rel=1e-10)
+    general = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(np.complex128)).real.sum()  # torch-fidelity's route
+    assert trace_sqrt_product(s1, s2) == pytest.approx(general, rel=1e-10 if n > d else 1e-5)
 
 
 def test_fid_of_known_gaussians() -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.records import machine
+from benchmarks.run import eta_line
 from benchmarks.stages import StageRunner, stage_key
 from vfmtok import store
 from vfmtok.fileio import atomic_write_bytes, atomic_write_json, sha256_file
@@ -171,6 +173,29 @@ def test_stage_runner_recomputes_a_damaged_or_edited_result(tmp_path: Path, capl
     assert runner.run("probe", {"a": 1}, fn, "tok")["psnr"] == 30.0 and len(calls) == 3
     assert len(list((tmp_path / store.QUARANTINE / "probe").iterdir())) == 2
     assert [h["cached"] for h in runner.history] == [False, True, False, False]
+
+
+def test_stage_timings_are_measured_once_and_served_from_the_cache(tmp_path: Path) -> None:
+    def fn(folder: Path) -> dict:
+        time.sleep(0.05)
+        return {"psnr": 30.0}
+
+    first = StageRunner(tmp_path)
+    first.run("probe", {"a": 1}, fn, "tok")
+    (timing,) = first.timings()
+    assert timing["stage"] == "probe" and timing["label"] == "tok" and timing["seconds"] >= 0.05
+    assert timing["machine"] == machine()
+    again = StageRunner(tmp_path)
+    again.run("probe", {"a": 1}, lambda folder: pytest.fail("cached stage recomputed"), "tok")
+    assert again.timings() == first.timings()  # the record stays the same when served from the cache
+    assert [h["cached"] for h in first.history + again.history] == [False, True]
+
+
+def test_eta_line_estimates_from_the_computed_tokenizers() -> None:
+    assert eta_line(1, 4, 120.0, [120.0]) == "run: 1/4 tokenizers done, 2.0 min elapsed, about 6.0 min left"
+    assert eta_line(2, 4, 121.0, [120.0]) == "run: 2/4 tokenizers done, 2.0 min elapsed, about 4.0 min left"
+    assert eta_line(1, 3, 1.0, []) == "run: 1/3 tokenizers done, 1 s elapsed"  # all cached: no estimate
+    assert eta_line(3, 3, 30.0, [10.0]) == "run: 3/3 tokenizers done, 30 s elapsed"
 
 
 def test_interrupted_stage_leaves_no_entry_and_resumes(tmp_path: Path) -> None:

@@ -3,9 +3,13 @@
 Features come from torch-fidelity's ``inception-v3-compat`` extractor (:mod:`vfmtok.metrics.inception`); every
 statistic is checked against torch-fidelity's own functions on identical feature arrays (tests). Conventions:
 
-* **FID**: mu and sigma in float64 (sigma with the N - 1 denominator); Tr sqrt(S1 S2) as the sum of the real
-  parts of sqrt(eigvals(S1 S2)) in complex128, torch-fidelity 0.4's route (the ``scipy.linalg.sqrtm`` route of
-  TTUR / ADM agrees to ~1e-6 absolute for realistic N and is 4x slower at D = 2048).
+* **FID**: mu and sigma in float64 (sigma with the N - 1 denominator). Tr sqrt(S1 S2) = Tr sqrt(R^T S2 R) with
+  S1 = R R^T, R = V sqrt(W) from the symmetric eigendecomposition of S1 restricted to its numerically non-zero
+  eigenvalues: two symmetric eigendecompositions instead of one general one (torch-fidelity 0.4's
+  ``eigvals(S1 S2)``; TTUR / ADM's ``scipy.linalg.sqrtm``), 3-6x faster at D = 2048. The value agrees with
+  both to ~1e-13 relative for full-rank covariances; with fewer samples than dimensions it is the exact value
+  (the nuclear norm of the centred feature product, tested) where the general routes carry ~1e-4 absolute
+  noise from the null space.
 * **KID**: unbiased MMD^2 with the kernel (x.y / D + 1)^3, 100 subsets of 1000 drawn without replacement by
   ``numpy.random.RandomState(2020)`` (features_1 then features_2 per subset, as torch-fidelity); the subset size
   is clamped to the smaller set (torch-fidelity refuses instead) and reported.
@@ -90,12 +94,20 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     if a.mu.shape != b.mu.shape or a.sigma.shape != b.sigma.shape:
         raise ValueError(f"statistics of different dimensions: {a.mu.shape} vs {b.mu.shape}")
     s1, s2 = np.asarray(a.sigma, np.float64), np.asarray(b.sigma, np.float64)
-    product = s1 @ s2
-    if not np.isfinite(product).all():
+    if not (np.isfinite(s1).all() and np.isfinite(s2).all()):
         raise ValueError("FID: the feature covariances contain NaN or inf (non-finite features)")
-    tr_covmean = np.sqrt(np.linalg.eigvals(product).astype(np.complex128)).real.sum()
+    tr_covmean = trace_sqrt_product(s1, s2)
     diff = np.asarray(a.mu, np.float64) - np.asarray(b.mu, np.float64)
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr sqrt(S1 S2) of two symmetric PSD matrices [D, D] (float64), through S1's range only."""
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    keep = w > max(w.max(), 0.0) * len(w) * np.finfo(np.float64).eps  # eigenvalues above rounding noise
+    root = v[:, keep] * np.sqrt(w[keep])  # [D, k]: S1 = root @ root.T
+    inner = root.T @ ((s2 + s2.T) / 2) @ root  # [k, k], symmetric PSD, the same non-zero spectrum as S1 S2
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(inner), 0.0, None)).sum())
 
 
 def fid_from_features(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarray) -> float:
