@@ -7,7 +7,7 @@ multiply set-up time and disk use for no benefit.
     nox -s tests      unit + contract tests (CPU)
     nox -s bench      regenerate results/ with the `quick` preset (overrides after --; `-- --help` lists them)
     nox -s regress    run the `smoke` preset and compare with results/baselines/smoke.json
-    nox -s perf       throughput benchmarks (pytest-benchmark)
+    nox -s perf       throughput benchmarks (pytest-benchmark; `-- device=cuda`), table in results/perf/
     nox -s lint       ruff
 """
 
@@ -77,7 +77,16 @@ def regress(session: nox.Session) -> None:
 
 @nox.session
 def perf(session: nox.Session) -> None:
-    """Throughput benchmarks (pytest-benchmark); JSON under .benchmarks/."""
+    """Throughput benchmarks (pytest-benchmark; ``-- device=cuda`` picks the device, other arguments go to
+    pytest); JSON under .benchmarks/, and the table of this device under results/perf/."""
     py = _python(session)
+    args = []
+    for arg in session.posargs:
+        if arg.startswith("device="):
+            session.env["VFMTOK_BENCH_DEVICE"] = arg.split("=", 1)[1]
+        else:
+            args.append(arg)
+    report = ROOT / ".benchmarks" / "perf-latest.json"
     session.run(py, "-m", "pytest", "tests/bench", "-m", "bench", "--benchmark-only", "--benchmark-autosave",
-                *session.posargs)
+                f"--benchmark-json={report}", *args)
+    session.run(py, "-m", "benchmarks.perf_table", str(report), str(ROOT / "results" / "perf"))

@@ -9,18 +9,15 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vfmtok.ar.gpt as gpt_module
+from tests.bench.common import DEVICE, device_info, peak_memory_mb, reset_peak_memory, synchronize
 from vfmtok.ar import create_gpt, generate
 
 BATCH, GRID, VOCAB, CLASSES = 8, (8, 8), 1024, 10
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +53,6 @@ def gpt_b() -> torch.nn.Module:
     return gpt.to(DEVICE).eval()
 
 
-def _peak_memory_mb() -> tuple[str, float]:
-    if DEVICE.type == "cuda":
-        return "cuda_max_memory_allocated_mb", torch.cuda.max_memory_allocated() / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return "peak_rss_mb", rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def _old_decode_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The decode path as it was: row-major weights (no oneDNN packing) and SDPA for the single new query."""
     monkeypatch.setattr(gpt_module, "PACK_MIN_WEIGHTS", float("inf"))
@@ -86,21 +76,19 @@ def test_gpt_b_sampling(benchmark, gpt_b: torch.nn.Module, monkeypatch: pytest.M
     def run() -> torch.Tensor:
         out = generate(gpt_b, labels, cfg_scale=cfg_scale, precision=precision,
                        generator=torch.Generator(DEVICE).manual_seed(0))
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
         return out
 
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory()
     rounds = 2 if batch <= 8 else 1  # best-of-rounds is the number to quote on a shared machine
     tokens = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     assert tokens.shape == (batch, 256)
     weight_mb = sum(p.numel() * p.element_size() for n, p in gpt_b.named_parameters()
                     if "embedding" not in n) / 1e6  # read once per decode step (embeddings: a few rows)
-    mem_key, mem_mb = _peak_memory_mb()
+    mem_key, mem_mb = peak_memory_mb()
     benchmark.extra_info.update({
         "model": "gpt_b", "batch": batch, "cfg_scale": cfg_scale, "path": path, "precision": precision,
-        "device": DEVICE.type, "threads": torch.get_num_threads(), "tokens_per_image": 256,
+        **device_info(), "tokens_per_image": 256,
         "tokens_per_s_best": tokens.numel() / benchmark.stats.stats.min,
         "tokens_per_s_mean": tokens.numel() / benchmark.stats.stats.mean,
         "weights_read_per_step_mb": round(weight_mb, 1), mem_key: round(mem_mb, 1)})

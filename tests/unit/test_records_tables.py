@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import perf_table
 from benchmarks.metric_specs import spec
 from benchmarks.records import Row, build_record, load_records, stage_rows, validate, write_record
 from benchmarks.regress import baseline_from_record, compare, report
@@ -98,3 +99,25 @@ def test_regression_gate_flags_only_worse_values() -> None:
     assert not report(compare(base, _record(psnr_a=30.0)))  # better is fine
     assert "missing" in report(compare(base, {**_record(), "rows": []}))
     json.dumps(base)  # serialisable
+
+
+def test_perf_table_lists_each_benchmark_with_its_rate_memory_and_device(tmp_path: Path) -> None:
+    def bench(name: str, info: dict) -> dict:
+        return {"name": name, "stats": {"min": 2.0}, "extra_info": info}
+
+    report = {"commit_info": {"id": "0123456789abcdef"}, "datetime": "2026-01-01T00:00:00",
+              "machine_info": {"cpu": {"brand_raw": "Some CPU", "count": 2}},
+              "benchmarks": [bench("test_gpt_b_sampling[b8]", {"model": "gpt_b", "batch": 8, "device": "cpu",
+                                                               "tokens_per_s_best": 151.25, "peak_rss_mb": 1900.4}),
+                             bench("test_fid_throughput[vfmtok]", {"images": 256})]}
+    text = perf_table.render(report)
+    assert text.startswith("# Throughput on Some CPU (2 cores)") and "commit 0123456789ab" in text
+    assert "| test_gpt_b_sampling[b8] | 151.2 | tokens/s | 1900 | model=gpt_b, batch=8 |" in text
+    assert "| test_fid_throughput[vfmtok] | 2 | s per round (best) | — | images=256 |" in text
+    report["benchmarks"][0]["extra_info"].update(device="cuda", device_name="NVIDIA H100 80GB HBM3")
+    assert perf_table.device_label(report) == "NVIDIA H100 80GB HBM3"
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert perf_table.main([str(tmp_path / "r.json"), str(tmp_path / "perf")]) == 0
+    assert (tmp_path / "perf" / "nvidia-h100-80gb-hbm3.md").read_text() == perf_table.render(report)
+    with pytest.raises(ValueError, match="no benchmarks"):
+        perf_table.render({**report, "benchmarks": []})
