@@ -84,7 +84,7 @@ def test_pool3_features_match_torchscript(torchscript, extractor, data_root) -> 
         ours = inception_features(images, extractor=extractor)
         ref = _torchscript_features(torchscript, images)
         assert ours.shape == (len(images), 2048)
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=3e-5)  # float32 rounding (channels-last, any threads)
         assert ours.abs().max() > 0.1  # real activations, not an all-zero network
 
 
@@ -136,3 +136,25 @@ def test_cifar10_train5000_vs_test5000_matches_torch_fidelity(extractor, data_ro
     print(f"FID CIFAR-10 train[:5000] vs test[:5000] (JPEG copy, official order): ours {ours['value']:.6f}, "
           f"torch-fidelity {ref['frechet_inception_distance']:.6f}")
     assert ours["value"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-4)
+
+
+def test_features_are_float32_without_tf32_whatever_the_global_flags(extractor) -> None:
+    """The FID network runs in float32 with TF32 off inside every call, and the caller's flags come back."""
+    seen = []
+
+    def spy(module, args) -> None:
+        seen.append((args[0].dtype, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    handle = extractor.module.register_forward_pre_hook(spy)
+    try:
+        out = extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+        restored = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        handle.remove()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert seen == [(torch.uint8, False, False)]
+    assert restored == (True, True)  # the caller's flags come back
+    assert all(p.dtype == torch.float32 for p in extractor.module.parameters())
+    assert out["2048"].dtype == torch.float32

@@ -33,10 +33,16 @@ class FeatureExtractor:
         features: output names, e.g. ``("2048",)`` or ``("2048", "logits_unbiased")``.
         identity: what determines the features besides the pixels: ``extractor``, ``weights_sha256``,
             ``resize``, ... (JSON-serialisable).
+        channels_last: run the module and its input in the channels-last memory format (convolution networks:
+            faster on CPU and GPU; features within float32 rounding of the contiguous run).
     """
 
-    def __init__(self, module: torch.nn.Module, features: Sequence[str], identity: dict[str, Any]) -> None:
+    def __init__(self, module: torch.nn.Module, features: Sequence[str], identity: dict[str, Any],
+                 channels_last: bool = False) -> None:
         self.module, self.features, self.identity = module.eval().requires_grad_(False), tuple(features), identity
+        self.channels_last = channels_last
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
 
     @property
     def key(self) -> str:
@@ -54,8 +60,11 @@ class FeatureExtractor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"feature extraction needs uint8 [B, 3, H, W] batches, got {images.dtype} "
                              f"{tuple(images.shape)}")
+        x = images.to(self.device())
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with exact_math():
-            out = self.module(images.to(self.device()))
+            out = self.module(x)
         out = out if isinstance(out, (tuple, list)) else (out,)
         return {name: t.float().reshape(len(images), -1).cpu() for name, t in zip(self.features, out)}
 
@@ -81,11 +90,11 @@ def fid_extractor(features: Sequence[str] = (POOL3,), *, weights_path: str | Pat
     """
     features = tuple(features)
     path, identity = fid_weights(features, weights_path)
-    identity = {**identity, "resize": RESIZE_POLICY, "backend": "torch-fidelity extractor"}
+    identity = {**identity, "resize": RESIZE_POLICY, "backend": "torch-fidelity extractor", "layout": "channels_last"}
     key = (str(path), identity["weights_sha256"], features, str(torch.device(device)))
     if key not in _extractors:
         module = FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(features), feature_extractor_weights_path=str(path))
-        _extractors[key] = FeatureExtractor(module.to(device), features, identity)
+        _extractors[key] = FeatureExtractor(module.to(device), features, identity, channels_last=True)
     return _extractors[key]
 
 
