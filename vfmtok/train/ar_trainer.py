@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vfmtok.fileio import atomic_torch_save
-from vfmtok.train.common import autocast_context, capture_rng_state, restore_rng_state
+from vfmtok.train.common import capture_rng_state, restore_rng_state
 from vfmtok.train.config import TrainConfig, setting
 from vfmtok.train.loop import Terms, Trainer
 
@@ -75,8 +75,7 @@ class ARTrainer(Trainer):
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.cfg.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        return {"model": torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, **fused)}
+        return {"model": torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, **self.policy.adam_options())}
 
     def gpt_config(self) -> dict[str, Any] | None:
         """The GPT's architecture (its dataclass ``config``), or None."""
@@ -112,7 +111,7 @@ class ARTrainer(Trainer):
         return {"ce": sum(losses) / len(losses)}
 
     def _cross_entropy(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[Terms, None]:
-        with autocast_context(self.device):
+        with self.policy.autocast():
             logits = self.ddp(tokens, labels)  # [b, L, K]
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))  # [b*L, K], [b*L]
         return {"ce": loss}, None

@@ -1,8 +1,8 @@
 """Training utilities shared by the tokenizer and AR trainers.
 
-Seeding and RNG capture, EMA weights, atomic step checkpoints with exact resume, a finite-loss guard,
-a resumable data order, the LR schedule and bf16 autocast on GPU. Nothing here keeps global state, so
-the trainers can be wrapped by DistributedDataParallel.
+Seeding and RNG capture, EMA weights, atomic step checkpoints with exact resume, a finite-loss guard, a
+resumable data order and the LR schedule (how the device is used: :mod:`vfmtok.train.policy`). Nothing here
+keeps global state, so the trainers can be wrapped by DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -259,11 +259,3 @@ def lr_at(step: int, base_lr: float, warmup_steps: int = 0, total_steps: int = 0
     span = max(total_steps - warmup_steps, 1)
     progress = min(max(step - warmup_steps, 0) / span, 1.0)
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op on CPU (CPU runs stay in float32 and bit-reproducible)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

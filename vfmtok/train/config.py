@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vfmtok.train.common import check_config
+from vfmtok.train.policy import MEMORY_FORMATS, PRECISIONS
 
 Config = TypeVar("Config", bound="TrainConfig")
 
@@ -48,6 +49,11 @@ class TrainConfig:
     log_every: int = setting(25, "steps between history entries (> 0)")
     seed: int = setting(0, "seed of the data order and of every rank's random streams")
     device: str = setting("cpu", "torch device")
+    precision: str = setting("auto", "autocast: bf16 on CUDA and fp32 on CPU (auto), or fp32 / bf16 everywhere",
+                             choices=PRECISIONS)
+    memory_format: str = setting("auto", "channels_last on CUDA for convolution models (auto), or contiguous / "
+                                         "channels_last everywhere", choices=MEMORY_FORMATS)
+    compile: bool = setting(False, "torch.compile the training forward (opt-in)")
     progress: bool | None = setting(None, "progress bar (None: on a terminal)")
 
     def __post_init__(self) -> None:
@@ -71,6 +77,8 @@ class TrainConfig:
             "checkpoint_every": (self.checkpoint_every, self.checkpoint_every > 0, "> 0"),
             "keep_checkpoints": (self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
             "log_every": (self.log_every, self.log_every > 0, "> 0"),
+            "precision": self.one_of("precision"),
+            "memory_format": self.one_of("memory_format"),
         }
 
     def one_of(self, name: str) -> tuple[Any, bool, str]:

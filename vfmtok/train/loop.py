@@ -42,6 +42,7 @@ from vfmtok.train.common import (
     seed_everything,
 )
 from vfmtok.train.config import TrainConfig
+from vfmtok.train.policy import DevicePolicy
 
 Terms = dict[str, torch.Tensor]
 LossFn = Callable[..., tuple[Terms, Any]]
@@ -73,9 +74,12 @@ class Trainer(abc.ABC):
             raise ValueError(f"batch size {cfg.batch_size} exceeds the dataset size {len(dataset)}")
         self.model, self.dataset, self.cfg, self.out_dir = unwrap(model), dataset, cfg, Path(out_dir)
         self.device = torch.device(local_device(cfg.device))
+        self.policy = DevicePolicy.resolve(self.device, cfg.precision, cfg.memory_format, cfg.compile)
+        self.policy.apply_math()
         seed_everything(cfg.seed + self.rank)  # ranks draw different random streams; DDP syncs the weights
-        self.model.to(self.device).train()
-        self.ddp = model if model is not self.model else wrap_ddp(model, self.device, self.find_unused_parameters)
+        self.policy.prepare_model(self.model.to(self.device).train())
+        ddp = model if model is not self.model else wrap_ddp(model, self.device, self.find_unused_parameters)
+        self.ddp = self.policy.wrap_forward(ddp)  # what the step calls: DDP (several ranks), compiled on request
         self.setup()
         self.optimizers = self.build_optimizers()
         self.ema = (EMA(self.model, cfg.ema_decay, state_fn=self.trained_state, warmup=cfg.ema_warmup)

@@ -21,7 +21,6 @@ from vfmtok.images import to_model_range
 from vfmtok.interface import Tokenizer
 from vfmtok.losses import NLayerDiscriminator, PerceptualLoss, adaptive_weight, generator_loss, hinge_d_loss
 from vfmtok.losses.pixel import pixel_loss
-from vfmtok.train.common import autocast_context
 from vfmtok.train.config import TrainConfig, setting
 from vfmtok.train.loop import Terms, Trainer
 
@@ -91,7 +90,7 @@ class TokenizerTrainer(Trainer):
 
     def setup(self) -> None:
         """The discriminator and the perceptual loss."""
-        self.disc = NLayerDiscriminator(n_layers=self.cfg.disc_layers).to(self.device)
+        self.disc = self.policy.prepare_model(NLayerDiscriminator(n_layers=self.cfg.disc_layers).to(self.device))
         if self.world > 1 and self.device.type == "cuda":
             self.disc = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.disc)
         self.disc_ddp = wrap_ddp(self.disc, self.device)
@@ -101,8 +100,9 @@ class TokenizerTrainer(Trainer):
         """Adam over the tokenizer's trainable parameters, and over the discriminator's."""
         params = [p for _, p in self.model.trainable_named_parameters() if p.requires_grad]
         betas = self.cfg.betas
-        return {"model": torch.optim.Adam(params, lr=self.cfg.lr, betas=betas),
-                "disc": torch.optim.Adam(self.disc.parameters(), lr=self.cfg.lr, betas=betas)}
+        fused = self.policy.adam_options()
+        return {"model": torch.optim.Adam(params, lr=self.cfg.lr, betas=betas, **fused),
+                "disc": torch.optim.Adam(self.disc.parameters(), lr=self.cfg.lr, betas=betas, **fused)}
 
     def trained_state(self, model: Tokenizer) -> dict[str, torch.Tensor]:
         """The tokenizer's trainable state (a frozen encoder is neither saved nor averaged)."""
@@ -133,7 +133,7 @@ class TokenizerTrainer(Trainer):
         elif self.cfg.flip:
             flips = [bool(np.random.default_rng([self.cfg.seed, self.epoch, i]).random() < 0.5) for i in idx]
             images = torch.stack([im.flip(-1) if f else im for im, f in zip(images, flips)])
-        return to_model_range(images.to(self.device)), features
+        return self.policy.prepare_images(to_model_range(images.to(self.device))), features
 
     # ------------------------------------------------------------------ the step
     def train_step(self, batch: tuple[torch.Tensor, list[torch.Tensor] | None]) -> dict[str, float]:
@@ -151,7 +151,7 @@ class TokenizerTrainer(Trainer):
 
     def _generator_terms(self, x: torch.Tensor, features: list[torch.Tensor] | None) -> tuple[Terms, torch.Tensor]:
         cfg = self.cfg
-        with autocast_context(self.device):
+        with self.policy.autocast():
             out = self.ddp(x, features=features) if features is not None else self.ddp(x)
             recon = out.recon.float()
             terms = {"pixel": cfg.pixel_weight * pixel_loss(recon, x, cfg.pixel_loss)}
@@ -167,7 +167,7 @@ class TokenizerTrainer(Trainer):
         return terms, recon
 
     def _discriminator_terms(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[Terms, None]:
-        with autocast_context(self.device):
+        with self.policy.autocast():
             return {"disc": self.cfg.disc_weight * hinge_d_loss(self.disc_ddp(x), self.disc_ddp(recon))}, None
 
     # ------------------------------------------------------------------ the end
