@@ -161,7 +161,9 @@ def build_table(spec: TableSpec, records: list[dict]) -> tuple[pd.DataFrame, pd.
         rows = _mark_best_cfg(rec["rows"])
         keys = sorted({(r["tokenizer"], (r["ar_model"] or "") if spec.by_ar_model else "") for r in rows})
         for tok, ar in keys:
-            mine = [r for r in rows if r["tokenizer"] == tok and (not spec.by_ar_model or (r["ar_model"] or "") == ar)]
+            # a table not split by AR model shows the tokenizer's own rows (KID is in both kinds of rows)
+            mine = [r for r in rows if r["tokenizer"] == tok
+                    and ((r["ar_model"] or "") == ar if spec.by_ar_model else r["ar_model"] is None)]
             cells = [_cell(mine, c, notes) for c in spec.columns]
             if all(v == "—" for v, _ in cells):
                 continue

@@ -43,9 +43,10 @@ def lpips_unavailable_reason(vgg16_weights: str | Path | None = None,
         return "the 'lpips' package is not installed"
     vgg16 = Path(vgg16_weights) if vgg16_weights is not None else vgg16_weights_path()
     if not vgg16.is_file():
-        return f"LPIPS needs torchvision's VGG16 weights at {vgg16} (not available offline)"
+        where = "in the torch hub checkpoints folder" if vgg16_weights is None else "at the given path"
+        return f"LPIPS needs torchvision's VGG16 weights ({vgg16.name} {where}; not available offline)"
     if not linear.is_file():
-        return f"LPIPS needs its linear-layer weights at {linear}"
+        return f"LPIPS needs its linear-layer weights ({linear.name} of the lpips package)"
     return None
 
 

@@ -11,7 +11,7 @@ from benchmarks import perf_table
 from benchmarks.metric_specs import spec
 from benchmarks.records import Row, build_record, load_records, stage_rows, validate, write_record
 from benchmarks.regress import baseline_from_record, compare, report
-from benchmarks.tables import TABLES, render
+from benchmarks.tables import TABLES, build_table, render
 from vfmtok.metrics.result import MetricResult
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tables"
@@ -121,3 +121,18 @@ def test_perf_table_lists_each_benchmark_with_its_rate_memory_and_device(tmp_pat
     assert (tmp_path / "perf" / "nvidia-h100-80gb-hbm3.md").read_text() == perf_table.render(report)
     with pytest.raises(ValueError, match="no benchmarks"):
         perf_table.render({**report, "benchmarks": []})
+
+
+def test_reconstruction_table_ignores_the_generation_rows_of_a_shared_metric() -> None:
+    def row(value: float, n: int, ar_model: str | None, setting: dict) -> dict:
+        return {"tokenizer": "tok", "ar_model": ar_model, "metric": "kid", "setting": setting, "value": value, "n": n,
+                "higher_is_better": False, "reason": None}
+
+    record = {"preset": "unit", "run_id": "abc", "notes": {}, "tokenizers": {"tok": {"num_tokens": 64}},
+              "rows": [row(50.0, 96, "gpt", {"cfg_scale": 1.0}), row(10.0, 200, None, {})]}
+    (recon_spec,) = [t for t in TABLES if t.name == "reconstruction"]
+    (gen_spec,) = [t for t in TABLES if t.name == "generation"]
+    recon, _, _ = build_table(recon_spec, [record])
+    gen, _, _ = build_table(gen_spec, [record])
+    assert recon.loc[0, "n"] == "200" and recon.loc[0, "KID ×10³ ↓"] == "10.00"
+    assert len(gen) == 1 and gen.loc[0, "n"] == "96" and gen.loc[0, "KID ×10³ ↓ [cfg=1]"] == "50.00"
