@@ -20,7 +20,7 @@ from vfmtok.fileio import atomic_write_text
 
 RATES = ("images_per_s_best", "images_per_s", "tokens_per_s_best", "tokens_per_s", "steps_per_s_best")
 MEMORY = ("cuda_max_memory_allocated_mb", "peak_rss_mb")
-SETTINGS = ("model", "direction", "batch", "image_size", "cfg_scale", "path", "precision", "images")
+SETTINGS = ("model", "direction", "batch", "image_size", "cfg_scale", "path", "precision", "images", "workers")
 
 
 def _first(info: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any] | tuple[None, None]:

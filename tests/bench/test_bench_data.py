@@ -5,12 +5,14 @@
   DataLoader workers, a tiny 256 px tokenizer, PSNR/SSIM, shards, the final npz; rFID off so the Inception does not
   dominate), each N in a fresh process that reports its own ``ru_maxrss``; the two peaks must differ by < 200 MB.
   ``VFMTOK_BENCH_RSS_N="200,800"`` runs smaller sizes.
-* ``test_input_pipeline_rate``: images/s of decode + centre crop for 0, 1 and 2 workers (best of 3).
+* ``test_input_pipeline_rate``: images/s of decode + centre crop for 0, 1 and 2 workers (best of 3; a
+  pytest-benchmark, so it is in ``nox -s perf``'s table).
 * ``test_eval_recon_vq16_time``: a few batches of ``vfmtok eval-recon``'s path with the full-size
   ``llamagen_vq_f16_k16384`` (random weights: timing only) at 256 px, rFID on, extrapolated to 2,000 images.
 
-Run with ``pytest tests/bench/test_bench_data.py -m bench -s``; results are printed and written to
-``$VFMTOK_BENCH_OUT`` (default: the test's temp dir) as JSON.
+The other two are plain tests (``nox -s perf`` runs benchmarks only): run them with
+``pytest tests/bench/test_bench_data.py -m bench -s``; results are printed and written to ``$VFMTOK_BENCH_OUT``
+(default: the test's temp dir) as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.bench.common import peak_memory_mb
 
 pytestmark = pytest.mark.bench
 REPO = Path(__file__).resolve().parents[2]
@@ -88,22 +92,27 @@ def test_recon_peak_rss_does_not_grow_with_n(tmp_path: Path, data_root: Path) ->
     assert max(peaks) - min(peaks) < 200, runs
 
 
-def test_input_pipeline_rate(tmp_path: Path, data_root: Path) -> None:
-    from vfmtok.data import image_loader, open_images
+@pytest.fixture(scope="module")
+def pipeline_images(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+    from vfmtok.data import open_images
 
     n = int(os.environ.get("VFMTOK_BENCH_PIPELINE_N", "512"))
-    ds = open_images(_jpeg_folder(tmp_path / "jpegs", n, data_root), size=SIZE)
-    rates = {}
-    for workers in (0, 1, 2):
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            count = sum(len(x) for x, _ in image_loader(ds, 32, workers=workers, indices=range(n)))
-            best = min(best, time.perf_counter() - start)
-        assert count == n
-        rates[workers] = n / best
-    _report(tmp_path, "input_pipeline", {"n": n, "image_size": SIZE, "images_per_s_best_of_3": rates,
-                                         "cpu_count": os.cpu_count()})
+    return open_images(_jpeg_folder(tmp_path_factory.mktemp("jpegs"), n, data_root), size=SIZE)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_input_pipeline_rate(benchmark, pipeline_images, workers: int) -> None:
+    """JPEG decode + centre crop to 256 px through the evaluation loader (batches of 32), best of 3."""
+    from vfmtok.data import image_loader
+
+    n = len(pipeline_images)
+
+    def run() -> int:
+        return sum(len(x) for x, _ in image_loader(pipeline_images, 32, workers=workers, indices=range(n)))
+
+    assert benchmark.pedantic(run, rounds=3, iterations=1) == n
+    benchmark.extra_info.update({"images": n, "image_size": SIZE, "workers": workers, "cpu_count": os.cpu_count(),
+                                 "images_per_s_best": n / benchmark.stats.stats.min, **dict([peak_memory_mb()])})
 
 
 def test_eval_recon_vq16_time(tmp_path: Path, data_root: Path) -> None:
