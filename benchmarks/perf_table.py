@@ -34,7 +34,11 @@ def rows(report: dict[str, Any]) -> list[dict[str, str]]:
         info = bench.get("extra_info", {})
         rate_key, rate = _first(info, RATES)
         _, memory = _first(info, MEMORY)
-        unit = rate_key.removesuffix("_best").replace("_per_s", "/s") if rate_key else "s per round (best)"
+        if rate_key is None:
+            unit = "s per round (best)"
+        else:
+            unit = rate_key.removesuffix("_best").replace("_per_s", "/s") + ("" if rate_key.endswith("_best") else
+                                                                             " (mean)")
         out.append({"benchmark": bench["name"], "rate": f"{rate if rate is not None else bench['stats']['min']:.4g}",
                     "unit": unit, "peak memory (MiB)": "—" if memory is None else f"{memory:.0f}",
                     "settings": ", ".join(f"{k}={info[k]}" for k in SETTINGS if k in info)})
@@ -60,7 +64,9 @@ def render(report: dict[str, Any]) -> str:
     commit = report.get("commit_info", {}).get("id", "unknown")[:12]
     head = list(table[0])
     lines = [f"# Throughput on {device_label(report)}", "",
-             f"`nox -s perf` at commit {commit}, {report.get('datetime', '')}.", "",
+             f"`nox -s perf` at commit {commit}, {report.get('datetime', '')}. Rates are the best round unless "
+             "marked. Peak memory: `torch.cuda.max_memory_allocated` on GPU (reset per benchmark); on CPU the "
+             "process's peak RSS, a high-water mark that only grows from one benchmark to the next.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r[k] for k in head) + " |" for r in table]
     return "\n".join(lines) + "\n"
