@@ -9,6 +9,10 @@ DESIGN, from the top down (imports point down only):
   both stand on ``context`` (the run's configuration, data, device and stage cache) and use only the library's
   public API and the :class:`vfmtok.Tokenizer` contract;
 * ``stages`` caches every stage result in the library's content-addressed store, keyed by everything it depends
-  on; ``records`` writes one JSON record per run; ``tables`` and ``figures`` are pure functions of the records;
-  ``regress`` gates the smoke preset's record against ``results/baselines/smoke.json``.
+  on, with the wall time and machine of its computation; ``records`` writes one JSON record per run;
+  ``metric_specs`` describes every metric key once (title, direction, unit, decimals, regression tolerance,
+  table columns); ``tables`` and ``figures`` are pure functions of the records; ``regress`` gates the smoke
+  preset's record against ``results/baselines/smoke.json``;
+* beside the pipeline: ``flops`` (FLOPs per image of the models) and ``perf_table`` (the table of a
+  ``nox -s perf`` run, one per device).
 """

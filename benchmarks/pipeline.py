@@ -29,6 +29,7 @@ from vfmtok.encoders.feature_cache import CachedFeatureDataset, build_feature_ca
 from vfmtok.evaluation.recon import evaluate_reconstruction_stream
 from vfmtok.images import to_model_range
 from vfmtok.interface import Tokenizer
+from vfmtok.lpips_vgg import lpips_unavailable_reason
 from vfmtok.metrics.evaluate import evaluate_reconstruction
 from vfmtok.metrics.probe import probe
 from vfmtok.metrics.result import MetricResult
@@ -105,7 +106,8 @@ class Pipeline(RunContext):
         artifacts: dict[str, Any] = {"tokenizer_dir": str(tok_dir)}
         if self.cfg.suite.recon:
             recon = self._eval_recon_stream if self.data.stream else self._eval_recon
-            result, folder = self.stage("eval_recon", key, lambda f: recon(tok, f), name,
+            lpips = {"lpips": lpips_unavailable_reason() is None}  # weights added later: LPIPS is computed then
+            result, folder = self.stage("eval_recon", {**key, **lpips}, lambda f: recon(tok, f), name,
                                          collective=self.data.stream)  # streamed: every rank takes its shards
             rows += _rows(name, result["rows"])
             self.fid.update(result.get("fid_info", {}))  # from the stage result: cached runs record it too
