@@ -81,6 +81,7 @@ class ARConfig(ARTrainConfig):
     lr: float = 1e-3
     warmup_steps: int = 50
     model: str = "gpt_micro"
+    repeats: int = 1  # GPTs trained per tokenizer, with seeds seed, seed+1, ... (the first one is sampled)
     num_samples: int = 500
     cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
     temperature: float = 1.0
@@ -291,6 +292,7 @@ def validate_config(cfg: BenchConfig) -> None:
             "steps": (a.steps, a.steps > 0, "> 0, or name a released GPT (a GPT trained for no step samples noise)"),
             "batch_size": (a.batch_size, 0 < a.batch_size <= d.train_n, f"in [1, data.train_n={d.train_n}]"),
             "eval_every": (a.eval_every, a.eval_every >= 0, ">= 0 (0: only at the end)")})
+    _check("ar.repeats", a.repeats, a.repeats >= 1, ">= 1")
     _check("ar.num_samples", a.num_samples, a.num_samples > 0, "> 0")
     _check("ar.cfg_scales", a.cfg_scales, bool(a.cfg_scales) and all(c > 0 for c in a.cfg_scales),
            "a non-empty list of scales > 0")

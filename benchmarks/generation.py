@@ -134,30 +134,39 @@ def run_generation(ctx: RunContext, tok: Tokenizer, key: dict[str, Any], name: s
 
     runner.run("tokens", token_inputs, extract, name, collective=True)
     reference = ctx.eval_images(tok)
-    ar_inputs = {"tokens": token_dir.name, "ar": ar_cfg, "seed": cfg.seed, "device": cfg.device,
-                 "reference": data.fingerprints["eval"]}
+    seeds = [cfg.seed + k for k in range(cfg.ar.repeats)]  # the first GPT is the one sampled below
+    ar_cfg.pop("repeats")  # a seed's training does not depend on how many others run
 
-    def train(folder: Path) -> dict[str, Any]:
-        torch.manual_seed(cfg.seed)
+    def train(folder: Path, seed: int) -> dict[str, Any]:
+        torch.manual_seed(seed)
         model = _gpt_for(ctx, tok).to(ctx.device)
-        dataset = TokenDataset(TokenCache(token_dir / "cache"), seed=cfg.seed)
+        dataset = TokenDataset(TokenCache(token_dir / "cache"), seed=seed)
 
         def hook(step: int, gpt: torch.nn.Module) -> dict[str, float]:
             images, _ = sample_images(gpt, tok, num_samples=cfg.ar.num_samples, num_classes=len(data.train.classes),
-                                      cfg_scale=1.0, seed=cfg.seed, batch_size=64)
+                                      cfg_scale=1.0, seed=seed, batch_size=64)
             return {"gfid": gfid(images, reference)["value"]}
 
-        tcfg = config_from(ARTrainConfig, cfg.ar, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+        tcfg = config_from(ARTrainConfig, cfg.ar, seed=seed, device=cfg.device, progress=cfg.progress)
         result = train_ar(model, dataset, tcfg, folder, eval_hook=hook if cfg.ar.eval_every else None)
         return {"checkpoint": str(Path(result.checkpoint_path).relative_to(folder)),
-                "curve": [[e["step"], e["gfid"]] for e in result.evals], "final_loss": result.final_loss}
+                "curve": [[e["step"], e["gfid"]] for e in result.evals], "final_loss": result.final_loss,
+                "loss_curve": [[h["step"], h["loss"]] for h in result.history]}
 
-    trained = runner.run("train_ar", ar_inputs, train, name, collective=True)
-    ar_dir = runner.path("train_ar", ar_inputs)
-    rows = [Row(name, "ar_train_loss", trained["final_loss"], ar_model=cfg.ar.model,
-                setting={"steps": cfg.ar.steps})]
-    rows += [Row(name, "gfid", v, n=cfg.ar.num_samples, ar_model=cfg.ar.model, setting={"cfg_scale": 1.0, "ar_step": s})
-             for s, v in trained["curve"]]
+    rows: list[Row] = []
+    for seed in seeds:
+        ar_inputs = {"tokens": token_dir.name, "ar": ar_cfg, "seed": seed, "device": cfg.device,
+                     "reference": data.fingerprints["eval"]}
+        result = runner.run("train_ar", ar_inputs, lambda f, seed=seed: train(f, seed),
+                            name if seed == cfg.seed else f"{name} seed {seed}", collective=True)
+        if seed == cfg.seed:
+            trained, ar_dir = result, runner.path("train_ar", ar_inputs)
+            rows.append(Row(name, "ar_train_loss", result["final_loss"], ar_model=cfg.ar.model,
+                            setting={"steps": cfg.ar.steps}))
+        rows += [Row(name, "ar_train_loss", v, ar_model=cfg.ar.model, setting={"ar_step": s, "ar_seed": seed})
+                 for s, v in result.get("loss_curve", [])]
+        rows += [Row(name, "gfid", v, n=cfg.ar.num_samples, ar_model=cfg.ar.model,
+                     setting={"cfg_scale": 1.0, "ar_step": s, "ar_seed": seed}) for s, v in result["curve"]]
 
     gen_inputs = {"ar": ar_dir.name, "cfg_scales": list(cfg.ar.cfg_scales), "num_samples": cfg.ar.num_samples,
                   "reference": data.fingerprints["eval"], "sampling": [cfg.ar.temperature, cfg.ar.top_k, cfg.ar.top_p]}

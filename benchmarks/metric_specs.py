@@ -68,12 +68,14 @@ METRICS: dict[str, MetricSpec] = {
     "semantic_loss": MetricSpec("semantic loss", False, "", 4, tolerance=0.05, columns=RECONSTRUCTION),
     "probe_top1": MetricSpec("probe top-1", True, "%", 2, scale=100.0, tolerance=10.0,
                              columns=(("probing", "pre-quant latents"), ("probing", "quantized codes"))),
+    "train_psnr": MetricSpec("PSNR along tokenizer training", True, "dB", 2),
     "ar_train_loss": MetricSpec("AR train CE", False, "nats", 3),
     "encode_img_per_s": MetricSpec("encode", True, "img/s", 1, columns=THROUGHPUT),
     "decode_img_per_s": MetricSpec("decode", True, "img/s", 1, columns=THROUGHPUT),
     "gen_tokens_per_s": MetricSpec("AR sampling", True, "tok/s", 1,
                                    columns=(("throughput", "KV cache"), ("throughput", "no cache"))),
-    "steps_to_target": MetricSpec("AR steps to target gFID", False, "", 0, columns=(("convergence", ""),)),
+    "steps_to_target": MetricSpec("AR steps to target gFID", False, "", 0,
+                                  columns=(("convergence", "seed 0"), ("convergence", "seed 1"))),
 }
 
 

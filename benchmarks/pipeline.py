@@ -8,6 +8,7 @@ upstream stage keys, data fingerprints), so a cached result is reused exactly wh
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vfmtok.interface import Tokenizer
 from vfmtok.lpips_vgg import lpips_unavailable_reason
 from vfmtok.metrics.evaluate import evaluate_reconstruction
 from vfmtok.metrics.probe import probe
+from vfmtok.metrics.recon import psnr_per_image
 from vfmtok.metrics.result import MetricResult
 from vfmtok.metrics.throughput import measure
 from vfmtok.train import TokenizerTrainConfig, TokenizerTrainer
@@ -48,6 +50,20 @@ class TokenizerResult:
     artifacts: dict[str, Any]
 
 
+#: evaluation images whose PSNR is measured along tokenizer training (``catalog.ALIAS.eval_every``)
+TRAIN_EVAL_IMAGES = 256
+
+
+def _psnr_hook(images: torch.Tensor) -> Callable[[int, torch.nn.Module], dict[str, float]]:
+    """The training evaluation of a tokenizer: mean PSNR of its reconstructions of ``images`` (uint8)."""
+    def hook(step: int, model: torch.nn.Module) -> dict[str, float]:
+        with torch.inference_mode():
+            recon = torch.cat([model.reconstruct(part) for part in images.split(64)])  # uint8 [N, 3, H, W]
+        return {"psnr": round(float(psnr_per_image(images, recon.cpu()).mean()), 6)}
+
+    return hook
+
+
 def _rows(tokenizer: str, values: list[dict[str, Any]], ar_model: str | None = None) -> list[Row]:
     return [Row(tokenizer=tokenizer, ar_model=ar_model, **v) for v in values]
 
@@ -61,7 +77,10 @@ class Pipeline(RunContext):
         if self.data.stream and not run.official:
             raise ValueError(f"tokenizer {run.name!r}: data.stream=true evaluates released weights only; give it "
                              "official=FAMILY and checkpoint=FILE")
-        inputs = {"run": dataclasses.asdict(run), "train": self.data.fingerprints.get("train"), "seed": self.cfg.seed,
+        settings = dataclasses.asdict(run)
+        if not run.eval_every:  # evaluating along training leaves the weights unchanged: off, it is not an input
+            del settings["eval_every"]
+        inputs = {"run": settings, "train": self.data.fingerprints.get("train"), "seed": self.cfg.seed,
                   "flip": self.cfg.data.flip, "device": self.cfg.device}
 
         def compute(folder: Path) -> dict[str, Any]:
@@ -76,8 +95,10 @@ class Pipeline(RunContext):
             tcfg = config_from(TokenizerTrainConfig, run, seed=self.cfg.seed, device=self.cfg.device,
                                flip=self.cfg.data.flip, checkpoint_every=max(run.steps // 4, 50),
                                progress=self.cfg.progress)
-            result = TokenizerTrainer(model, train, tcfg, folder).fit()
-            return {"tokenizer_dir": "tokenizer", "history": result.history[-1:], "perceptual": result.perceptual}
+            hook = _psnr_hook(self.eval_images(model)[:TRAIN_EVAL_IMAGES]) if run.eval_every else None
+            result = TokenizerTrainer(model, train, tcfg, folder, eval_hook=hook).fit()
+            return {"tokenizer_dir": "tokenizer", "history": result.history[-1:], "perceptual": result.perceptual,
+                    "curve": [[e["step"], e["psnr"]] for e in result.evals]}
 
         result = self.runner.run("train_tokenizer", inputs, compute, run.name, collective=True)
         return self.runner.path("train_tokenizer", inputs) / result["tokenizer_dir"], result
@@ -102,7 +123,9 @@ class Pipeline(RunContext):
         spec = tok.spec.to_dict()
         name = spec["name"]
         key = {"tokenizer": tok_dir.parent.name}  # the training stage's content key
-        rows: list[Row] = []
+        n_train_eval = min(TRAIN_EVAL_IMAGES, self.cfg.data.eval_n)
+        rows = [Row(name, "train_psnr", psnr, n=n_train_eval, setting={"train_step": step})
+                for step, psnr in trained.get("curve", [])]
         artifacts: dict[str, Any] = {"tokenizer_dir": str(tok_dir)}
         if self.cfg.suite.recon:
             recon = self._eval_recon_stream if self.data.stream else self._eval_recon
@@ -170,21 +193,23 @@ class Pipeline(RunContext):
 
 # --------------------------------------------------------------------------------------------- summaries
 def convergence_rows(rows: list[Row]) -> list[Row]:
-    """AR steps each tokenizer needs to reach a common gFID target (the worst final cfg=1 gFID of the run)."""
-    curves: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
-    counts: dict[tuple[str, str | None], int | None] = {}
+    """AR steps each GPT (tokenizer, AR model, seed) needs to reach a common gFID target: the worst best cfg=1 gFID
+    of the run's curves, so that every curve reaches it."""
+    curves: dict[tuple[str, str | None, int], list[tuple[int, float]]] = {}
+    counts: dict[tuple[str, str | None, int], int | None] = {}
     for r in rows:
         if r.metric == "gfid" and "ar_step" in r.setting and r.value is not None:
-            curves.setdefault((r.tokenizer, r.ar_model), []).append((int(r.setting["ar_step"]), r.value))
-            counts[(r.tokenizer, r.ar_model)] = r.n
-    if len(curves) < 2:
+            key = (r.tokenizer, r.ar_model, int(r.setting.get("ar_seed", 0)))
+            curves.setdefault(key, []).append((int(r.setting["ar_step"]), r.value))
+            counts[key] = r.n
+    if len({(tok, ar) for tok, ar, _ in curves}) < 2:
         return []
     target = max(min(v for _, v in points) for points in curves.values())
     out = []
-    for (tok, ar), points in sorted(curves.items()):
+    for (tok, ar, seed), points in sorted(curves.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
         first = next((s for s, v in sorted(points) if v <= target), None)
-        out.append(Row(tok, "steps_to_target", first, n=counts[(tok, ar)], ar_model=ar,
-                       setting={"target_gfid": round(target, 4)},
+        out.append(Row(tok, "steps_to_target", first, n=counts[(tok, ar, seed)], ar_model=ar,
+                       setting={"target_gfid": round(target, 4), "ar_seed": seed},
                        reason=None if first is not None else "target not reached"))
     return out
 

@@ -93,7 +93,9 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("throughput", "Throughput", (
         Group(), Group("KV cache", lambda s: s.get("kv_cache") is True),
         Group("no cache", lambda s: s.get("kv_cache") is False)), by_ar_model=True),
-    TableSpec("convergence", "AR convergence", by_ar_model=True, notes=("convergence", *FID_NOTES)),
+    TableSpec("convergence", "AR convergence", (
+        Group("seed 0", lambda s: s.get("ar_seed", 0) == 0), Group("seed 1", lambda s: s.get("ar_seed") == 1)),
+        by_ar_model=True, notes=("convergence", *FID_NOTES)),
 )
 _unplaced = {p for s in METRICS.values() for p in s.columns} - {(t.name, g.label) for t in TABLES for g in t.groups}
 if _unplaced:

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="cifar10 split")
     p.add_argument("--n", type=int, default=0, help="random subset size (0 = all)")
     # every trainer setting with a plain type, defaults and help from the config (seed also seeds the weights)
-    add_config_arguments(p, TokenizerTrainConfig, skip=("device",))
+    add_config_arguments(p, TokenizerTrainConfig, skip=("device", "eval_every"))  # no evaluation hook here
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, tokenizer/, history.json)")
     p.set_defaults(func=_train_tokenizer)

@@ -47,10 +47,10 @@ def test_both_kinds_write_one_checkpoint_layout(tmp_path) -> None:
     _train_tokenizer(tmp_path / "tok", stop_after=2)
     _train_gpt(tmp_path / "gpt", stop_after=2)
     tok, gpt = _latest(tmp_path / "tok"), _latest(tmp_path / "gpt")
-    assert set(tok) == set(gpt) == {"step", "model", "optimizers", "ema", "rng", "history", "window", "config",
-                                    "extra"}
+    assert set(tok) == set(gpt) == {"step", "model", "optimizers", "ema", "rng", "history", "window", "evals",
+                                    "config", "extra"}
     assert set(tok["optimizers"]) == {"model", "disc"} and set(gpt["optimizers"]) == {"model"}
-    assert set(tok["extra"]) == {"disc"} and set(gpt["extra"]) == {"evals", "gpt_config"}
+    assert set(tok["extra"]) == {"disc"} and set(gpt["extra"]) == {"gpt_config"}
     assert tok["ema"]["updates"] == gpt["ema"]["updates"] == 2
     assert len(gpt["window"]) == 0 and len(tok["window"]) == 0  # logged at step 2
 
@@ -61,7 +61,7 @@ def _earlier_layout(state: dict) -> dict:
     opts, extra = state["optimizers"], state["extra"]
     if "disc" in opts:
         return {**common, "opt": opts["model"], "opt_disc": opts["disc"], "disc": extra["disc"], "ema": state["ema"]}
-    return {**common, "optimizer": opts["model"], "ema_state": state["ema"], "evals": extra["evals"],
+    return {**common, "optimizer": opts["model"], "ema_state": state["ema"], "evals": state["evals"],
             "gpt_config": extra["gpt_config"], "window": [terms["ce"] for terms in state["window"]]}
 
 

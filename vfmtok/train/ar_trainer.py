@@ -8,7 +8,6 @@ warm-up and schedule, clipping, EMA, exact resume, DDP, the finite-loss guard an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vfmtok.fileio import atomic_torch_save
-from vfmtok.train.common import capture_rng_state, restore_rng_state
 from vfmtok.train.config import TrainConfig, setting
-from vfmtok.train.loop import Terms, Trainer
-
-EvalHook = Callable[[int, nn.Module], dict[str, Any]]
+from vfmtok.train.loop import EvalHook, Terms, Trainer
 
 
 @dataclass
@@ -33,12 +29,10 @@ class ARTrainConfig(TrainConfig):
     batch_size: int = setting(64, "global batch per step, split across ranks and micro-batches (> 0)")
     ema_decay: float = setting(0.9999, "EMA decay of the weights, in [0, 1) (0: no EMA)")
     weight_decay: float = setting(0.05, "AdamW weight decay of the matrices (>= 0)")
-    eval_every: int = setting(0, "steps between eval_hook calls, and at the last step (0: never)")
 
     def rules(self) -> dict[str, tuple[Any, bool, str]]:
-        """The shared rules and the optimizer's and evaluation's."""
-        return {**super().rules(), "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0"),
-                "eval_every": (self.eval_every, self.eval_every >= 0, ">= 0 (0: only at the end)")}
+        """The shared rules and the optimizer's."""
+        return {**super().rules(), "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0")}
 
 
 @dataclass
@@ -56,19 +50,12 @@ class ARTrainResult:
 class ARTrainer(Trainer):
     """Trains a GPT (wrapped in DDP under torchrun unless it already is) on items ``(tokens int64 [L], label)``.
 
-    ``eval_hook(step, model) -> dict`` runs every ``cfg.eval_every`` steps and at the last step, on the EMA weights
-    when EMA is on, in eval mode and without touching the training RNG; its outputs are kept in ``evals``.
+    ``eval_hook``: see :class:`~vfmtok.train.loop.Trainer`.
     """
 
     export_name = "gpt.pt"
     label = "train gpt"
     cfg: ARTrainConfig
-
-    def __init__(self, model: nn.Module, dataset: Dataset, cfg: ARTrainConfig, out_dir: str | Path,
-                 eval_hook: EvalHook | None = None) -> None:
-        super().__init__(model, dataset, cfg, out_dir)
-        self.eval_hook = eval_hook
-        self.evals: list[dict[str, Any]] = []
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """AdamW, with weight decay on the parameters of two or more dimensions only (fused on CUDA)."""
@@ -83,15 +70,14 @@ class ARTrainer(Trainer):
         return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
 
     def extra_state(self) -> dict[str, Any]:
-        """The evaluations so far and the architecture (a resume checks it)."""
-        return {"evals": self.evals, "gpt_config": self.gpt_config()}
+        """The architecture (a resume checks it)."""
+        return {"gpt_config": self.gpt_config()}
 
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         """Inverse of :meth:`extra_state`; a checkpoint of another architecture is rejected."""
         if extra["gpt_config"] != self.gpt_config():
             raise ValueError(f"{self.ckpt.loaded_path} was written for a different GPT ({extra['gpt_config']}); "
                              "use a fresh output directory")
-        self.evals = extra["evals"]
 
     # ------------------------------------------------------------------ the step
     def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,34 +102,10 @@ class ARTrainer(Trainer):
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))  # [b*L, K], [b*L]
         return {"ce": loss}, None
 
-    def after_step(self) -> None:
-        """Run the evaluation hook when it is due."""
-        cfg = self.cfg
-        if self.eval_hook and cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-            self._evaluate()
-
-    def _evaluate(self) -> None:
-        rng = capture_rng_state()  # evaluation must not perturb the training trajectory
-        self.model.eval()
-        try:
-            if self.ema:
-                with self.ema.swapped_into(self.model):
-                    out = self.eval_hook(self.step, self.model)
-            else:
-                out = self.eval_hook(self.step, self.model)
-        finally:
-            self.model.train()
-            restore_rng_state(rng)
-        self.evals.append({"step": self.step, **(out or {})})
-
     # ------------------------------------------------------------------ the end
     def summarize(self, window: list[dict[str, float]]) -> dict[str, float]:
         """The mean loss of the steps since the last entry and the LR of the last one."""
         return {"loss": sum(terms["ce"] for terms in window) / len(window), "lr": self.lr}
-
-    def records(self) -> dict[str, Any]:
-        """The history and the evaluations."""
-        return {**super().records(), "evals": self.evals}
 
     def export(self, target: Path) -> None:
         """``model`` and (with EMA) ``ema`` weights, the step and the architecture, for
@@ -166,4 +128,4 @@ def train_ar(model: nn.Module, dataset: Dataset, cfg: ARTrainConfig, out_dir: st
     call after that many steps (a checkpoint is written). On completion ``out_dir/gpt.pt`` holds ``model`` (and
     ``ema``) weights for :func:`vfmtok.ar.load_gpt_checkpoint`, which prefers ``ema``.
     """
-    return ARTrainer(model, dataset, cfg, out_dir, eval_hook).fit(stop_after)
+    return ARTrainer(model, dataset, cfg, out_dir, eval_hook=eval_hook).fit(stop_after)

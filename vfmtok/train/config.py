@@ -47,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = setting(500, "steps between resumable checkpoints (> 0)")
     keep_checkpoints: int = setting(2, "step checkpoints kept (>= 1)")
     log_every: int = setting(25, "steps between history entries (> 0)")
+    eval_every: int = setting(0, "steps between eval_hook calls, and at the last step (0: never)")
     seed: int = setting(0, "seed of the data order and of every rank's random streams")
     device: str = setting("cpu", "torch device")
     precision: str = setting("auto", "autocast: bf16 on CUDA and fp32 on CPU (auto), or fp32 / bf16 everywhere",
@@ -77,6 +78,7 @@ class TrainConfig:
             "checkpoint_every": (self.checkpoint_every, self.checkpoint_every > 0, "> 0"),
             "keep_checkpoints": (self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
             "log_every": (self.log_every, self.log_every > 0, "> 0"),
+            "eval_every": (self.eval_every, self.eval_every >= 0, ">= 0 (0: never)"),
             "precision": self.one_of("precision"),
             "memory_format": self.one_of("memory_format"),
         }

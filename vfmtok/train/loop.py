@@ -7,11 +7,13 @@ checkpoints with exact resume, progress, and the export of the final model with 
 supplies its optimizers (:meth:`~Trainer.build_optimizers`), how indices become a batch
 (:meth:`~Trainer.load_batch`), its step (:meth:`~Trainer.train_step`), its history entry
 (:meth:`~Trainer.summarize`), its export (:meth:`~Trainer.export`) and its result (:meth:`~Trainer.result`).
+An optional ``eval_hook(step, model) -> dict`` runs every ``cfg.eval_every`` steps and at the last step; its
+outputs are kept in ``evals``.
 
 Every kind writes ``checkpoints/step_XXXXXXXX.pt`` in one layout: ``step``, ``model`` (the trained state),
 ``optimizers`` (by name: ``model``, and e.g. ``disc``), ``ema`` (:class:`~vfmtok.train.common.EMA` state or None),
 ``rng`` (every rank's generators), ``history``, ``window`` (the step terms since the last history entry),
-``config`` and ``extra`` (the kind's own state, e.g. the discriminator).
+``evals``, ``config`` and ``extra`` (the kind's own state, e.g. the discriminator).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from vfmtok.train.common import (
     NonFiniteLossError,
     ResumableOrder,
     capture_rank_rng_states,
+    capture_rng_state,
     check_finite,
     lr_at,
     restore_rank_rng_state,
+    restore_rng_state,
     seed_everything,
 )
 from vfmtok.train.config import TrainConfig
@@ -46,6 +50,7 @@ from vfmtok.train.policy import DevicePolicy
 
 Terms = dict[str, torch.Tensor]
 LossFn = Callable[..., tuple[Terms, Any]]
+EvalHook = Callable[[int, nn.Module], dict[str, Any]]
 
 
 class Trainer(abc.ABC):
@@ -55,6 +60,10 @@ class Trainer(abc.ABC):
     is wrapped in DistributedDataParallel (a model already wrapped is used as is), every rank trains on its slice
     of each global batch of ``batch_size`` items, in ``grad_accum`` micro-batches, so the global batch does not
     depend on the world size, and rank 0 alone writes; any world size resumes a checkpoint.
+
+    ``eval_hook(step, model) -> dict`` runs every ``cfg.eval_every`` steps and at the last step, on the EMA weights
+    when EMA is on, in eval mode and without touching the training RNG; its outputs are kept in ``evals`` (and in
+    checkpoints, so a resumed run keeps the earlier ones).
     """
 
     #: DDP looks for parameters no loss reaches (e.g. decoder registers)
@@ -64,7 +73,8 @@ class Trainer(abc.ABC):
     #: the progress bar's label
     label: str = "train"
 
-    def __init__(self, model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path) -> None:
+    def __init__(self, model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
+                 eval_hook: EvalHook | None = None) -> None:
         self.rank, self.world = rank_world()
         if cfg.batch_size % (self.world * cfg.grad_accum):
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size {self.world} x grad_accum "
@@ -89,6 +99,8 @@ class Trainer(abc.ABC):
         self.step, self.lr = 0, cfg.lr
         self.history: list[dict[str, float]] = []
         self.window: list[dict[str, float]] = []  # each step's rank-averaged terms since the last history entry
+        self.eval_hook = eval_hook
+        self.evals: list[dict[str, Any]] = []  # {"step", **eval_hook outputs}
 
     # ------------------------------------------------------------------ what a model kind supplies
     def setup(self) -> None:
@@ -136,12 +148,28 @@ class Trainer(abc.ABC):
         return None
 
     def after_step(self) -> None:
-        """Called after each step is logged, before its checkpoint (e.g. an evaluation); nothing by default."""
-        return None
+        """Called after each step is logged, before its checkpoint: the evaluation hook when it is due."""
+        cfg = self.cfg
+        if self.eval_hook and cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        rng = capture_rng_state()  # evaluation must not perturb the training trajectory
+        self.model.eval()
+        try:
+            if self.ema:
+                with self.ema.swapped_into(self.model):
+                    out = self.eval_hook(self.step, self.model)
+            else:
+                out = self.eval_hook(self.step, self.model)
+        finally:
+            self.model.train()
+            restore_rng_state(rng)
+        self.evals.append({"step": self.step, **(out or {})})
 
     def records(self) -> dict[str, Any]:
         """The content of ``history.json``, written with the export."""
-        return {"history": self.history}
+        return {"history": self.history, "evals": self.evals}
 
     # ------------------------------------------------------------------ helpers for train_step
     def split(self, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -233,7 +261,8 @@ class Trainer(abc.ABC):
         return {"step": self.step, "model": self.trained_state(self.model),
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
                 "ema": self.ema.state_dict() if self.ema else None, "rng": capture_rank_rng_states(),
-                "history": self.history, "window": self.window, "config": dataclasses.asdict(self.cfg),
+                "history": self.history, "window": self.window, "evals": self.evals,
+                "config": dataclasses.asdict(self.cfg),
                 "extra": self.extra_state()}
 
     def resume(self) -> bool:
@@ -250,6 +279,7 @@ class Trainer(abc.ABC):
             self.ema.load_state_dict(state["ema"])
         restore_rank_rng_state(state["rng"], self.cfg.seed, state["step"])
         self.step, self.history, self.window = state["step"], state["history"], state["window"]
+        self.evals = state["evals"] if "evals" in state else state["extra"].get("evals", [])  # GPTs kept them in extra
         return True
 
 
@@ -266,5 +296,5 @@ def upgrade_layout(state: dict[str, Any]) -> dict[str, Any]:
         return {**common, "optimizers": {"model": state["opt"], "disc": state["opt_disc"]}, "ema": state["ema"],
                 "window": [], "extra": {"disc": state["disc"]}}
     return {**common, "optimizers": {"model": state["optimizer"]}, "ema": state["ema_state"],
-            "window": [{"ce": loss} for loss in state["window"]],
-            "extra": {"evals": state["evals"], "gpt_config": state["gpt_config"]}}
+            "window": [{"ce": loss} for loss in state["window"]], "evals": state["evals"],
+            "extra": {"gpt_config": state["gpt_config"]}}

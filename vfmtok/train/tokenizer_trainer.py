@@ -8,7 +8,7 @@ tokenizer's and, from ``disc_start`` on, the discriminator's); the loop (:mod:`v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from vfmtok.interface import Tokenizer
 from vfmtok.losses import NLayerDiscriminator, PerceptualLoss, adaptive_weight, generator_loss, hinge_d_loss
 from vfmtok.losses.pixel import pixel_loss
 from vfmtok.train.config import TrainConfig, setting
-from vfmtok.train.loop import Terms, Trainer
+from vfmtok.train.loop import EvalHook, Terms, Trainer
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainResult:
     tokenizer_dir: Path | None
     checkpoint_dir: Path
     perceptual: str  # "on" or the reason it was off
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", **eval_hook outputs}
 
 
 class TokenizerTrainer(Trainer):
@@ -76,12 +77,13 @@ class TokenizerTrainer(Trainer):
     model: Tokenizer
     cfg: TokenizerTrainConfig
 
-    def __init__(self, model: Tokenizer, dataset: Dataset, cfg: TokenizerTrainConfig, out_dir: str | Path) -> None:
+    def __init__(self, model: Tokenizer, dataset: Dataset, cfg: TokenizerTrainConfig, out_dir: str | Path, *,
+                 eval_hook: EvalHook | None = None) -> None:
         if cfg.adaptive_disc_weight and model.adaptive_weight_layer() is None:
             raise ValueError(f"tokenizer {model.registry_name!r} has no layer for the adaptive GAN weight "
                              "(its adaptive_weight_layer() returns None): implement it, or set "
                              "adaptive_disc_weight=False")
-        super().__init__(model, dataset, cfg, out_dir)
+        super().__init__(model, dataset, cfg, out_dir, eval_hook=eval_hook)
 
     @property
     def label(self) -> str:
@@ -187,7 +189,7 @@ class TokenizerTrainer(Trainer):
         """The run's :class:`TrainResult`."""
         perceptual = "on" if self.perceptual is not None and self.perceptual.available else (
             self.perceptual.reason if self.perceptual is not None else "off (weight 0)")
-        return TrainResult(self.step, self.history, exported, self.ckpt.directory, perceptual)
+        return TrainResult(self.step, self.history, exported, self.ckpt.directory, perceptual, self.evals)
 
 
 def _mean_terms(outputs: list[tuple[Terms, Any]]) -> Terms:
