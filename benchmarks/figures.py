@@ -2,7 +2,8 @@
 
 * ``recon_<preset>.png``: originals above each tokenizer's reconstructions of the same images;
 * ``samples_<preset>.png``: generated samples per tokenizer without and with guidance;
-* ``convergence_<preset>.png``: gFID against AR training steps per tokenizer.
+* ``convergence_<preset>.png``: gFID against AR training steps per tokenizer and GPT seed, and (when measured)
+  evaluation PSNR against tokenizer training steps.
 """
 
 from __future__ import annotations
@@ -71,16 +72,33 @@ def render_figures(results_dir: str | Path, record: dict[str, Any], work_dir: st
                 sample_rows.append((f"{name}\ncfg {float(scale):g}", _strip(samples)))
     if sample_rows:
         written.append(_grid(sample_rows, out / f"samples_{preset}.png"))
-    curves = {name: art["convergence"] for name, art in arts.items() if art.get("convergence")}
-    if curves:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, points in sorted(curves.items()):
-            steps, values = zip(*points)
-            ax.plot(steps, values, marker="o", label=name)
-        ax.set_xlabel("AR training step")
-        ax.set_ylabel("gFID (cfg = 1)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+    panels = [(p, label) for p, label in ((_curves(record, "gfid", "ar_step"), ("AR training step", "gFID (cfg = 1)")),
+                                          (_curves(record, "train_psnr", "train_step"),
+                                           ("tokenizer training step", "eval PSNR (dB)"))) if p]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        for ax, (curves, (xlabel, ylabel)) in zip(axes[0], panels):
+            for (name, seed), points in sorted(curves.items()):
+                steps, values = zip(*points)
+                label = name if seed is None else f"{name}, seed {seed}"
+                ax.plot(steps, values, marker="o", linestyle="-" if not seed else "--", label=label)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(_save(fig, out / f"convergence_{preset}.png"))
     return written
+
+
+Curves = dict[tuple[str, int | None], list[tuple[int, float]]]
+
+
+def _curves(record: dict[str, Any], metric: str, step_key: str) -> Curves:
+    """``(tokenizer, AR seed or None) -> [(step, value)]`` of the curve rows of ``metric`` in ``record``."""
+    out: Curves = {}
+    for r in record["rows"]:
+        if r["metric"] == metric and step_key in r["setting"] and r["value"] is not None:
+            key = (r["tokenizer"], r["setting"].get("ar_seed"))
+            out.setdefault(key, []).append((r["setting"][step_key], r["value"]))
+    return {key: sorted(points) for key, points in out.items()}

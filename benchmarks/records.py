@@ -153,6 +153,12 @@ def dirty_outside(porcelain: str, ignored: list[str]) -> bool:
     return any(not any(c.startswith(f) for f in folders) for c in changed)
 
 
+def recorded_code(results_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+    """The ``code`` of the record ``run_id`` already under ``results_dir``, or None."""
+    path = Path(results_dir) / "runs" / run_id / "record.json"
+    return json.loads(path.read_text())["code"] if path.is_file() else None
+
+
 def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write ``runs/<run_id>/record.json`` atomically, replacing older records of the same label."""
     runs = Path(results_dir) / "runs"

@@ -39,7 +39,7 @@ from benchmarks.config import (
     to_dict,
 )
 from benchmarks.preflight import PreflightError, preflight
-from benchmarks.records import Row, build_record, code_state, make_run_id, write_record
+from benchmarks.records import Row, build_record, code_state, make_run_id, recorded_code, write_record
 from benchmarks.stages import StageRunner
 from benchmarks.tables import render
 from benchmarks.weights import check_weights
@@ -125,9 +125,12 @@ def run_benchmark(overrides: list[str] | None = None, write_results: bool = True
         artifacts[result.spec["name"]] = result.artifacts
     rows += pipeline.convergence_rows(rows)
     config = to_dict(cfg)
+    run_id = make_run_id(config, __version__, data.fingerprints)
+    code = code_state(cfg.results_dir, cfg.work_dir)
+    if all(h["cached"] for h in runner.history):  # the numbers are those of the code that computed them
+        code = recorded_code(cfg.results_dir, run_id) or code
     record = build_record(
-        run_id=make_run_id(config, __version__, data.fingerprints), preset=cfg.preset, config=config,
-        code=code_state(cfg.results_dir, cfg.work_dir), seeds={"seed": cfg.seed}, data=data.describe(),
+        run_id=run_id, preset=cfg.preset, config=config, code=code, seeds={"seed": cfg.seed}, data=data.describe(),
         fid=plan.fid_info(), tokenizers=specs, rows=rows, notes=pipeline.notes(cfg, specs, rows), artifacts=artifacts,
         label=run_label(cfg), stages=runner.timings())
     if write_results and is_main():

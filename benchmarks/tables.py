@@ -1,9 +1,9 @@
 """Comparison tables as a pure function of the run records.
 
-``python -m benchmarks.tables [results_dir]`` rewrites ``results/tables/*.{md,csv,tex}`` from
-``results/runs/*/record.json``. No timestamps, sorted rows, fixed decimals: regenerating from the
-same records is byte-identical. A table lists its column groups; which metrics fill them is each metric's
-spec (:mod:`benchmarks.metric_specs`).
+``python -m benchmarks.tables [results_dir]`` rewrites ``results/tables/*.{md,csv,tex}`` (and the claims table
+of :mod:`benchmarks.claims`) from ``results/runs/*/record.json``. No timestamps, sorted rows, fixed decimals:
+regenerating from the same records is byte-identical. A table lists its column groups; which metrics fill them is
+each metric's spec (:mod:`benchmarks.metric_specs`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from benchmarks.claims import render_claims
 from benchmarks.metric_specs import METRICS
 from benchmarks.metric_specs import spec as metric_spec
 from benchmarks.records import load_records, record_label
@@ -212,6 +213,12 @@ def render(results_dir: str | Path = "results") -> list[Path]:
         written += [atomic_write_text(out / f"{spec.name}.md", md),
                     atomic_write_text(out / f"{spec.name}.csv", numeric.to_csv(index=False, lineterminator="\n")),
                     atomic_write_text(out / f"{spec.name}.tex", tex + "\n")]
+    claims = render_claims(records)
+    if claims is not None:
+        md, rows = claims
+        written += [atomic_write_text(results_dir / "tables" / "claims.md", md),
+                    atomic_write_text(results_dir / "tables" / "claims.csv",
+                                      pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))]
     return written
 
 

@@ -28,7 +28,8 @@ def _tables(bench_dirs) -> dict[str, bytes]:
     results = bench_dirs[0].split("=", 1)[1]
     from pathlib import Path
 
-    return {p.name: p.read_bytes() for p in sorted((Path(results) / "tables").glob("*"))}
+    return {p.relative_to(results).as_posix(): p.read_bytes()
+            for p in sorted([*(Path(results) / "tables").glob("*"), *(Path(results) / "runs").glob("*/record.json")])}
 
 
 def test_smoke_record_has_every_stage(first_run) -> None:
@@ -42,7 +43,8 @@ def test_smoke_record_has_every_stage(first_run) -> None:
 
 def test_second_run_is_cached_and_byte_identical(first_run, bench_dirs, caplog) -> None:
     before = _tables(bench_dirs)
-    assert "reconstruction.md" in before and "generation.md" in before
+    assert "tables/reconstruction.md" in before and "tables/generation.md" in before
+    assert any(name.endswith("record.json") for name in before)  # the record too: its code is the computing run's
     with caplog.at_level("INFO", logger="benchmarks"):
         again = run_benchmark(["preset=smoke", *bench_dirs])
     assert "running" not in caplog.text

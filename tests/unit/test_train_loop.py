@@ -123,3 +123,28 @@ def test_settings_are_defined_once() -> None:
     ]:
         with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{re.escape(message)}"):
             cls(**kwargs)
+
+
+def test_tokenizer_evaluations_leave_training_unchanged_and_survive_a_resume(tmp_path) -> None:
+    images = synthetic(8, size=16, seed=3).tensors()[0]
+    seen: list[bool] = []
+
+    def psnr(step: int, model: torch.nn.Module) -> dict[str, float]:
+        seen.append(model.training)
+        err = (model.reconstruct(images).double() - images.double()).pow(2).mean()
+        return {"psnr": float(10 * torch.log10(255.0**2 / err))}
+
+    def train(out: Path, stop_after: int | None = None, hook=psnr) -> TokenizerTrainer:
+        torch.manual_seed(0)
+        model = create_tokenizer("test_vqgan")
+        cfg = dataclasses.replace(TOK_CFG, eval_every=2)
+        trainer = TokenizerTrainer(model, synthetic(16, size=model.spec.image_size, seed=1), cfg, out, eval_hook=hook)
+        trainer.fit(stop_after)
+        return trainer
+
+    plain, ref = train(tmp_path / "plain", hook=None), train(tmp_path / "ref")
+    assert plain.history == ref.history and plain.evals == []
+    assert [e["step"] for e in ref.evals] == [2, 4] and seen == [False, False]  # eval mode, EMA weights
+    train(tmp_path / "run", stop_after=3)
+    resumed = train(tmp_path / "run")
+    assert resumed.evals == ref.evals and resumed.history == ref.history
