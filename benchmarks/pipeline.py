@@ -226,6 +226,6 @@ def notes(cfg: BenchConfig, specs: dict[str, dict[str, Any]], rows: list[Row]) -
         out["probe"] = ("VFMTok's frozen Inception-v3 encoder was trained with ImageNet labels, which favours its "
                         "linear-probe accuracy over tokenizers trained from scratch.")
     if any(r.metric == "steps_to_target" for r in rows):
-        out["convergence"] = ("steps to target: first AR evaluation step whose cfg=1 gFID reaches the common target, the "
-                              "worst best gFID over every GPT curve of the run; one column per GPT seed.")
+        out["convergence"] = ("steps to target: first AR evaluation step whose cfg=1 gFID reaches the common target, "
+                              "the worst best gFID over every GPT curve of the run; one column per GPT seed.")
     return out

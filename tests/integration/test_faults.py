@@ -27,7 +27,8 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 #: the smoke preset on one tokenizer with smaller budgets (every stage still runs, gFID along AR training included)
 CONFIG = ["preset=smoke", "tokenizers=[vqgan]", "progress=false", "catalog.vqgan.steps=10", "ar.steps=10",
-          "ar.eval_every=5", "ar.warmup_steps=2", "data.train_n=64", "data.probe_train_n=64", "suite.probe_epochs=2"]
+          "ar.repeats=1", "ar.eval_every=5", "ar.warmup_steps=2", "data.train_n=64", "data.probe_train_n=64",
+          "suite.probe_epochs=2"]
 KILL_SEED = 15
 TABLE: list[tuple[str, str, str]] = []  # (case, what happened, anything lost)
 ENV: dict[str, str] = {}  # the work cache (decoded arrays, FID statistics) shared by every run of the suite
