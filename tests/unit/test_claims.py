@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from benchmarks.claims import FAILS, HOLDS, OPEN, Run, budget_rows, claim_rows, last_fraction_change, render_claims
@@ -75,6 +77,16 @@ def test_cfg_gap_is_judged_against_the_seed_spread() -> None:
     assert _verdicts(_record(*curves, cfg=(50.0, 48.0)))["CFG-free"] == HOLDS
     assert _verdicts(_record(*curves, cfg=(50.0, 40.0)))["CFG-free"] == FAILS
     assert _verdicts(_record({0: [40, 30]}, {0: [50, 40]}))["CFG-free"] == OPEN
+
+
+def test_gpt_claims_are_not_judged_on_gpts_that_are_still_learning() -> None:
+    record = _record({0: [40, 30], 1: [40, 33]}, {0: [50, 40], 1: [50, 40]}, cfg=(50.0, 40.0))
+    assert _verdicts(record)["CFG-free"] == FAILS
+    falling = [Row("vfm", "ar_train_loss", 5.0 - 0.05 * k, ar_model="gpt", setting={"ar_step": 10 * k, "ar_seed": 0})
+               for k in range(1, 21)]  # the last fifth is 5% lower than the fifth before it
+    record["rows"] += [dataclasses.asdict(r) for r in falling]
+    row = next(r for r in claim_rows(record) if r["claim"].startswith("CFG-free"))
+    assert row["verdict"] == OPEN and "at face value: does not hold" in row["reason"]
 
 
 def test_tokens_claim_says_when_only_equal_token_counts_were_tested() -> None:
