@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.records import record_label
+from benchmarks.records import curves, record_label
 
 HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
 PSNR_FLAT_DB = 0.3
@@ -57,10 +57,9 @@ class Run:
 
     def curves(self, alias: str, metric: str, step_key: str) -> dict[int, list[tuple[int, float]]]:
         """``seed -> [(step, value)]`` of a curve metric (``gfid`` at ``ar_step``, ``train_psnr``...)."""
-        out: dict[int, list[tuple[int, float]]] = {}
-        for r in self.rows(alias, metric, lambda s: step_key in s):
-            out.setdefault(int(r["setting"].get("ar_seed", 0)), []).append((int(r["setting"][step_key]), r["value"]))
-        return {seed: sorted(points) for seed, points in out.items()}
+        name = self.names.get(alias)
+        return {seed or 0: points for (tok, seed), points in curves(self.record, metric, step_key).items()
+                if tok == name}
 
 
 # --------------------------------------------------------------------------------------------- budget

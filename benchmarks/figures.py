@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.records import curves  # noqa: E402
+
 GRID_IMAGES = 8
 
 
@@ -72,13 +74,13 @@ def render_figures(results_dir: str | Path, record: dict[str, Any], work_dir: st
                 sample_rows.append((f"{name}\ncfg {float(scale):g}", _strip(samples)))
     if sample_rows:
         written.append(_grid(sample_rows, out / f"samples_{preset}.png"))
-    panels = [(p, label) for p, label in ((_curves(record, "gfid", "ar_step"), ("AR training step", "gFID (cfg = 1)")),
-                                          (_curves(record, "train_psnr", "train_step"),
+    panels = [(p, label) for p, label in ((curves(record, "gfid", "ar_step"), ("AR training step", "gFID (cfg = 1)")),
+                                          (curves(record, "train_psnr", "train_step"),
                                            ("tokenizer training step", "eval PSNR (dB)"))) if p]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
-        for ax, (curves, (xlabel, ylabel)) in zip(axes[0], panels):
-            for (name, seed), points in sorted(curves.items()):
+        for ax, (by_model, (xlabel, ylabel)) in zip(axes[0], panels):
+            for (name, seed), points in sorted(by_model.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
                 steps, values = zip(*points)
                 label = name if seed is None else f"{name}, seed {seed}"
                 ax.plot(steps, values, marker="o", linestyle="-" if not seed else "--", label=label)
@@ -89,16 +91,3 @@ def render_figures(results_dir: str | Path, record: dict[str, Any], work_dir: st
         fig.tight_layout()
         written.append(_save(fig, out / f"convergence_{preset}.png"))
     return written
-
-
-Curves = dict[tuple[str, int | None], list[tuple[int, float]]]
-
-
-def _curves(record: dict[str, Any], metric: str, step_key: str) -> Curves:
-    """``(tokenizer, AR seed or None) -> [(step, value)]`` of the curve rows of ``metric`` in ``record``."""
-    out: Curves = {}
-    for r in record["rows"]:
-        if r["metric"] == metric and step_key in r["setting"] and r["value"] is not None:
-            key = (r["tokenizer"], r["setting"].get("ar_seed"))
-            out.setdefault(key, []).append((r["setting"][step_key], r["value"]))
-    return {key: sorted(points) for key, points in out.items()}

@@ -153,6 +153,20 @@ def dirty_outside(porcelain: str, ignored: list[str]) -> bool:
     return any(not any(c.startswith(f) for f in folders) for c in changed)
 
 
+Curves = dict[tuple[str, int | None], list[tuple[int, float]]]
+
+
+def curves(record: dict[str, Any], metric: str, step_key: str) -> Curves:
+    """``(tokenizer, AR seed or None) -> [(step, value)]``, sorted by step, of the rows of ``metric`` whose setting
+    has ``step_key`` (``gfid`` at ``ar_step``, ``train_psnr`` at ``train_step``...)."""
+    out: Curves = {}
+    for r in record["rows"]:
+        if r["metric"] == metric and step_key in r["setting"] and r["value"] is not None:
+            key = (r["tokenizer"], r["setting"].get("ar_seed"))
+            out.setdefault(key, []).append((int(r["setting"][step_key]), r["value"]))
+    return {key: sorted(points) for key, points in out.items()}
+
+
 def recorded_code(results_dir: str | Path, run_id: str) -> dict[str, Any] | None:
     """The ``code`` of the record ``run_id`` already under ``results_dir``, or None."""
     path = Path(results_dir) / "runs" / run_id / "record.json"
